@@ -1,0 +1,115 @@
+"""The `vlcli` Typer application and its entry point (error handling, argument normalisation)."""
+
+import sys
+from typing import Optional
+
+import typer
+from typer.core import TyperGroup, TyperOption
+
+from vlcli import __version__
+from vlcli.cli import render
+from vlcli.cli.argv import normalize
+from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, submit
+from vlcli.cli.inspect_config import inspect_config
+from vlcli.errors import ConfigError, VlcliError
+
+app = typer.Typer(
+    name="vlcli",
+    help="Parameter-efficient transfer learning for VL-T5 / VL-BART (adapters, Hyperformer, Compacter, LoRA, prompts).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["--help", "-h"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"vlcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (accepted anywhere on the line)."),
+) -> None:
+    """vlcli: every option of the VL-Adapter paper, validated; `vlcli inspect-config --help` lists them all."""
+
+
+app.command("inspect-config")(inspect_config)
+app.command("extract-features")(extract_features)
+app.command("pretrain")(pretrain)
+app.command("finetune")(finetune)
+app.command("eval")(evaluate)
+app.command("submit")(submit)
+
+COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit")
+
+
+def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:
+    """Option strings of a sub-command that are not settings fields -> whether they take a value."""
+    cmd = group.commands.get(name)
+    opts: dict[str, bool] = {"--help": False, "-h": False}
+    if cmd is None:
+        return opts
+    for param in cmd.params:
+        if isinstance(param, TyperOption) and not (param.name or "").startswith("cfg__"):
+            for o in [*param.opts, *param.secondary_opts]:
+                opts[o] = not param.is_flag
+    return opts
+
+
+def prepare_argv(argv: list[str], group: TyperGroup) -> list[str]:
+    """Find the sub-command and normalise the arguments after it."""
+    for idx, tok in enumerate(argv):
+        if not tok.startswith("-"):
+            if tok in group.commands:
+                return argv[: idx + 1] + normalize(argv[idx + 1:], _command_options(group, tok))
+            return argv
+    return argv
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the CLI; user errors print one red line and exit 2 (tracebacks with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)
+    try:
+        args = prepare_argv(args, group)
+        result = group.main(args=args, prog_name="vlcli", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except ConfigError as exc:
+        if debug:
+            raise
+        render.issue_lines(exc.issues)
+        render.issue_lines(exc.warnings)
+        return exc.exit_code
+    except VlcliError as exc:
+        if debug:
+            raise
+        render.error_line(str(exc))
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        render.error_line("aborted")
+        return 130
+    except typer.TyperException as exc:  # usage errors (missing value, bad choice, ...)
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        render.error_line(f"{exc.format_message()}{where}")
+        return 2
+    except KeyboardInterrupt:
+        render.error_line("interrupted")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

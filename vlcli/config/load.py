@@ -1,0 +1,86 @@
+"""Resolution of the ``load`` argument to one checkpoint file.
+
+Accepted forms (checked in this order):
+
+* ``auto`` - the most recently written checkpoint in the run directory ``output``;
+* a run directory - its ``BEST`` checkpoint, else ``LAST``;
+* a checkpoint file with its extension (``.safetensors`` or ``.pth``);
+* a checkpoint path without extension (the original's convention) - ``.safetensors`` first, then ``.pth``.
+
+When nothing matches, the error lists every path that was tried and what the folder contains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlcli.errors import CheckpointNotFoundError
+
+CHECKPOINT_EXTENSIONS = (".safetensors", ".pth")
+RUN_CONFIG = "config.json"
+
+
+def _listing(folder: Path, limit: int = 12) -> str:
+    if not folder.is_dir():
+        return f"{folder}/ does not exist"
+    names = sorted(p.name for p in folder.iterdir())
+    if not names:
+        return f"{folder}/ is empty"
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+    return f"{folder}/ contains: {shown}"
+
+
+def _checkpoints_in(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_EXTENSIONS]
+
+
+def resolve_load(load: str | None, output: str | Path) -> Path | None:
+    """Return the checkpoint file that ``load`` names (None when ``load`` is None)."""
+    if load is None:
+        return None
+    if load.strip() == "":
+        raise CheckpointNotFoundError("--load is empty; give a run directory, a checkpoint path or auto")
+    if load == "auto":
+        folder = Path(output)
+        found = _checkpoints_in(folder)
+        if not found:
+            raise CheckpointNotFoundError(
+                f"--load auto: no checkpoint (*.safetensors, *.pth) in the run directory {folder}; "
+                f"{_listing(folder)}"
+            )
+        return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    path = Path(load).expanduser()
+    tried: list[Path] = []
+    if path.is_dir():
+        for stem in ("BEST", "LAST"):
+            for ext in CHECKPOINT_EXTENSIONS:
+                candidate = path / f"{stem}{ext}"
+                tried.append(candidate)
+                if candidate.is_file():
+                    return candidate
+        raise CheckpointNotFoundError(
+            f"--load {load}: the run directory has no BEST or LAST checkpoint; looked for "
+            f"{', '.join(str(t) for t in tried)}; {_listing(path)}"
+        )
+    if path.suffix in CHECKPOINT_EXTENSIONS:
+        if path.is_file():
+            return path
+        tried.append(path)
+    else:
+        for ext in CHECKPOINT_EXTENSIONS:
+            candidate = path.with_name(path.name + ext)
+            tried.append(candidate)
+            if candidate.is_file():
+                return candidate
+    raise CheckpointNotFoundError(
+        f"--load {load}: no checkpoint found; looked for {', '.join(str(t) for t in tried)}; "
+        f"{_listing(path.parent if str(path.parent) else Path('.'))}"
+    )
+
+
+def run_config_for(checkpoint: Path) -> Path | None:
+    """The saved ``config.json`` of the run a checkpoint belongs to, if there is one."""
+    candidate = checkpoint.parent / RUN_CONFIG
+    return candidate if candidate.is_file() else None

@@ -1,0 +1,1 @@
+"""Backbones (HF T5/BART), visual embedding, joint encoder and generation."""
