@@ -24,7 +24,7 @@ from vlcli.config.load import resolve_load, run_config_for
 from vlcli.config.rules import RuleContext, check
 from vlcli.config.settings import ALIASES, FIELDS, Settings
 from vlcli.config.types import KNOWN_TASKS, parse_task_list
-from vlcli.errors import CheckpointNotFoundError, ConfigError, Issue, ProfileError, VlcliError
+from vlcli.errors import CheckpointNotFoundError, ConfigError, Issue
 
 DEFAULT_SOURCE = "default"
 CLI_SOURCE = "cli"
@@ -241,12 +241,4 @@ def settings_from_run_config(path: str | Path) -> Settings:
     return res.raise_for_errors()
 
 
-__all__ = [
-    "Resolution",
-    "canonical_name",
-    "resolve",
-    "settings_from_run_config",
-    "suggest_name",
-    "ProfileError",
-    "VlcliError",
-]
+__all__ = ["Resolution", "canonical_name", "resolve", "settings_from_run_config", "suggest_name"]

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from vlcli.config.derive import (
     FEATURE_TYPES,
-    GRID_FEAT_DIM,
     PRECOMPUTED_CLIP,
     RAW_TYPES,
     base_feature_type,
