@@ -181,3 +181,13 @@ def test_extract_features_needs_images(cli, tmp_path):
 def test_profile_not_found_one_line(cli):
     r = cli("finetune", "vqa", "--profile", "singel_adapter")
     assert r.code == 2 and "did you mean 'single_adapter'" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_no_arguments_shows_help(cli):
+    r = cli()
+    assert r.code == 0 and "finetune" in r.out and "error" not in r.err
+
+
+def test_unknown_command_suggests(cli):
+    r = cli("finetun", "vqa")
+    assert r.code == 2 and "Did you mean 'finetune'" in r.err and len(r.err.strip().splitlines()) == 1

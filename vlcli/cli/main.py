@@ -11,7 +11,7 @@ from vlcli.cli import render
 from vlcli.cli.argv import normalize
 from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, submit
 from vlcli.cli.inspect_config import inspect_config
-from vlcli.errors import ConfigError, VlcliError
+from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
 
 app = typer.Typer(
     name="vlcli",
@@ -88,6 +88,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         render.issue_lines(exc.issues)
         render.issue_lines(exc.warnings)
         return exc.exit_code
+    except NotImplementedYetError as exc:
+        render.pending_line(str(exc))
+        return exc.exit_code
     except VlcliError as exc:
         if debug:
             raise
@@ -101,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except typer.TyperException as exc:  # usage errors (missing value, bad choice, ...)
         if debug:
             raise
+        if not exc.format_message():  # `vlcli` alone: help was shown (no_args_is_help)
+            return 0
         ctx = getattr(exc, "ctx", None)
         where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         render.error_line(f"{exc.format_message()}{where}")

@@ -36,6 +36,11 @@ def error_line(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}")
 
 
+def pending_line(message: str) -> None:
+    """One yellow line on stderr: valid input, but work this version does not do."""
+    err.print(f"[bold yellow]not yet:[/] {escape(message)}")
+
+
 def issue_lines(issues: list[Issue]) -> None:
     for issue in issues:
         colour = "red" if issue.level == "error" else "yellow"
