@@ -1,0 +1,116 @@
+"""Tiny, locally trained tokenizers for tests (no network, well under a second each).
+
+``make_t5_tokenizer_dir`` trains a sentencepiece unigram model with T5's layout (``<pad>``=0,
+``</s>``=1, ``<unk>``=2, no BOS, then the pieces, then ``<extra_id_99>`` .. ``<extra_id_0>``), so
+``<extra_id_k>`` = ``vocab_size + 99 - k`` exactly as in t5-base (``vocab_size`` = 32000 there).
+``make_bart_tokenizer_dir`` trains a byte-level BPE with BART's layout (``<s>``=0, ``<pad>``=1,
+``</s>``=2, ``<unk>``=3, ``<mask>`` last). Both save with ``save_pretrained`` (tokenizer.json +
+tokenizer_config.json), so ``AutoTokenizer.from_pretrained(path)`` works offline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+COLORS = "red blue green yellow purple gray brown cyan black white orange pink".split()
+SHAPES = "circle square triangle cube sphere cylinder box ball".split()
+SIZES = "small large big tiny".split()
+MATERIALS = "rubber metal shiny matte".split()
+NUMBERS = "zero one two three four five six seven eight nine ten".split()
+
+
+def corpus(n: int = 600, seed: int = 0) -> list[str]:
+    """Short lower-case English sentences about coloured shapes, counts and yes/no answers."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        c1, c2 = rng.choice(COLORS), rng.choice(COLORS)
+        s1, s2 = rng.choice(SHAPES), rng.choice(SHAPES)
+        templates = [
+            f"what color is the {s1}",
+            f"a {c1} {s1} left of a {c2} {s2}",
+            f"how many {s1}s are there",
+            f"there are {rng.choice(NUMBERS)} {c1} {s1}s",
+            f"is the {s1} {c1}",
+            "yes",
+            "no",
+            f"is there a {c2} {s2}",
+            f"the {c1} {s1} is right of the {s2}",
+            str(rng.randint(0, 99)),
+            f"the {rng.choice(SIZES)} {rng.choice(MATERIALS)} {s1} is behind the {s2}",
+            f"are there more {s1}s than {s2}s",
+            f"what shape is the {c1} object in front of the {rng.choice(SIZES)} {s2}",
+        ]
+        out.append(rng.choice(templates))
+    return out
+
+
+def make_t5_tokenizer_dir(path: str | Path, vocab_size: int = 100) -> Path:
+    """Train a T5-style sentencepiece unigram tokenizer of ``vocab_size`` pieces (+100 sentinels) into ``path``.
+
+    ``vocab_size`` is exact (the corpus supports up to about 115). ``len`` of the saved tokenizer is
+    ``vocab_size + 100``.
+    """
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()),
+        model_writer=buf,
+        vocab_size=vocab_size,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        minloglevel=2,
+        num_threads=1,
+    )
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    # transformers 5's T5Tokenizer is tokenizers-backed and takes the (piece, score) list directly;
+    # building it from spiece.model would need protobuf, which is not installed.
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=100)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+def make_bart_tokenizer_dir(path: str | Path, vocab_size: int = 500) -> Path:
+    """Train a BART-style byte-level BPE tokenizer of at most ``vocab_size`` entries into ``path``.
+
+    The corpus is small, so the BPE trainer may stop below ``vocab_size``; read the real size from
+    ``len(AutoTokenizer.from_pretrained(path))``.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BartTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,  # room for <mask>
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab: dict[str, int] = dict(model["vocab"])
+    vocab["<mask>"] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tok = BartTokenizer(vocab=vocab, merges=merges)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(path))
+    return path
