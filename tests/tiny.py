@@ -76,8 +76,8 @@ def make_t5_tokenizer_dir(path: str | Path, vocab_size: int = 100) -> Path:
         num_threads=1,
     )
     sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    # transformers 5's T5Tokenizer is tokenizers-backed and takes the (piece, score) list directly;
-    # building it from spiece.model would need protobuf, which is not installed.
+    # transformers 5's T5Tokenizer is tokenizers-backed and takes the (piece, score) list directly,
+    # which saves writing spiece.model and converting it (test_tokenizer covers that path too).
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
     tok = T5Tokenizer(vocab=vocab, extra_ids=100)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from vlcli.errors import CheckpointNotFoundError
 
-CHECKPOINT_EXTENSIONS = (".safetensors", ".pth")
+SAFETENSORS_SUFFIX = ".safetensors"
+PTH_SUFFIX = ".pth"
+CHECKPOINT_EXTENSIONS = (SAFETENSORS_SUFFIX, PTH_SUFFIX)  # preference order when the extension is omitted
 RUN_CONFIG = "config.json"
 
 

@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlcli import __version__
+from vlcli.config.load import PTH_SUFFIX, SAFETENSORS_SUFFIX
 from vlcli.errors import CheckpointNotFoundError, VlcliError
 
 FORMAT = "vlcli-checkpoint"
 FORMAT_VERSION = 1
-SUFFIX = ".safetensors"
 MANIFEST_SUFFIX = ".json"
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 KINDS = ("adapter", "full")
@@ -73,17 +73,13 @@ class LoadReport:
 def checkpoint_paths(path_stem: str | Path) -> tuple[Path, Path]:
     """``(NAME.safetensors, NAME.json)`` for a stem (``out/BEST``) or a ``.safetensors`` path."""
     p = Path(path_stem).expanduser()
-    tensors = p if p.suffix == SUFFIX else p.with_name(p.name + SUFFIX)
+    tensors = p if p.suffix == SAFETENSORS_SUFFIX else p.with_name(p.name + SAFETENSORS_SUFFIX)
     return tensors, tensors.with_suffix(MANIFEST_SUFFIX)
 
 
 def _manifest_path(path: str | Path) -> Path:
     p = Path(path).expanduser()
-    if p.suffix == MANIFEST_SUFFIX:
-        return p
-    if p.suffix == SUFFIX:
-        return p.with_suffix(MANIFEST_SUFFIX)
-    return p.with_name(p.name + MANIFEST_SUFFIX)
+    return p if p.suffix == MANIFEST_SUFFIX else checkpoint_paths(p)[1]
 
 
 def _head(names: Iterable[Any], limit: int = _LIST_LIMIT) -> str:
@@ -303,7 +299,7 @@ def save_checkpoint(
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    if path.suffix == SUFFIX:
+    if path.suffix == SAFETENSORS_SUFFIX:
         manifest = read_manifest(path)
         try:
             state = load_file(str(path), device="cpu")
@@ -315,7 +311,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
                 f"the tensor names differ; the files come from different saves"
             )
         return state, manifest
-    if path.suffix == ".pth":
+    if path.suffix == PTH_SUFFIX:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle / zip errors, or objects weights_only refuses
@@ -439,9 +435,7 @@ def load_checkpoint(
         raise CheckpointError("\n".join(lines))
 
     with torch.no_grad():
-        result = model.load_state_dict(usable, strict=False)
-    if result.unexpected_keys:  # cannot happen: usable only holds model keys
-        raise CheckpointError(f"checkpoint {path}: the model refused {_head(result.unexpected_keys)}")
+        model.load_state_dict(usable, strict=False)  # usable holds model keys only
     return LoadReport(
         loaded=sorted(usable),
         missing=missing,

@@ -30,14 +30,15 @@ PRESETS: dict[str, BackboneInfo] = {
     "facebook/bart-base": BackboneInfo("bart", 768, "preset"),
     "facebook/bart-large": BackboneInfo("bart", 1024, "preset"),
 }
-# Hub aliases of the same checkpoints.
-for _alias, _name in {
+PRESET_ALIASES: dict[str, str] = {
     "google-t5/t5-small": "t5-small",
     "google-t5/t5-base": "t5-base",
     "google-t5/t5-large": "t5-large",
     "bart-base": "facebook/bart-base",
     "bart-large": "facebook/bart-large",
-}.items():
+}
+"""Hub aliases of the same checkpoints -> preset name."""
+for _alias, _name in PRESET_ALIASES.items():
     PRESETS[_alias] = PRESETS[_name]
 
 
@@ -142,13 +143,9 @@ class UnknownPresetError(VlcliError):
 
 def _canonical(name: str) -> str:
     """The preset key of ``name`` (aliases resolved); raise UnknownPresetError if there is none."""
-    if name in _ARCHITECTURES:
-        return name
-    info = PRESETS.get(name)
-    if info is not None:
-        for key in _ARCHITECTURES:
-            if PRESETS[key] is info:
-                return key
+    key = PRESET_ALIASES.get(name, name)
+    if key in _ARCHITECTURES:
+        return key
     raise UnknownPresetError(
         f"no built-in architecture for backbone {name!r}; presets: {', '.join(PRESETS)} "
         "(a local directory with config.json or a hub name is loaded with from_pretrained elsewhere)"
@@ -222,10 +219,4 @@ def count_parameters(name: str) -> int:
     cls = model_class(PRESETS[_canonical(name)].family)
     with torch.device("meta"):
         model = cls(config)
-    seen: set[int] = set()
-    total = 0
-    for param in model.parameters():  # parameters() already skips shared (tied) tensors
-        if id(param) not in seen:
-            seen.add(id(param))
-            total += param.numel()
-    return total
+    return sum(p.numel() for p in model.parameters())  # parameters() yields tied tensors once

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vlcli.errors import VlcliError
+from vlcli.model.presets import FAMILIES
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
-FAMILIES = ("t5", "bart")
 N_EXTRA = 100
 N_VIS = 100
 # Files from which a local directory can provide a tokenizer (any one group suffices).
