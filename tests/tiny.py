@@ -114,3 +114,23 @@ def make_bart_tokenizer_dir(path: str | Path, vocab_size: int = 500) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(path))
     return path
+
+
+def make_backbone_dir(path: str | Path, family: str, seed: int = 0) -> Path:
+    """A tiny random-initialised T5 / BART (d_model 32) plus its tokenizer, saved with save_pretrained.
+
+    The model's vocabulary is the plain tokenizer's length, so loading it as a vlcli backbone
+    exercises the resize to the VL tokenizer (+100 ``<vis_extra_id_k>``, +200 sentinels for BART).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from vlcli.model.presets import model_class, tiny_config
+
+    path = Path(path)
+    (make_t5_tokenizer_dir if family == "t5" else make_bart_tokenizer_dir)(path)
+    vocab = len(AutoTokenizer.from_pretrained(str(path)))
+    torch.manual_seed(seed)
+    model = model_class(family)(tiny_config(family, vocab))
+    model.save_pretrained(str(path))
+    return path

@@ -1,21 +1,15 @@
 """`vlcli inspect-config`: the resolved configuration, where each value came from, and what is wrong."""
 
-from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
-from rich.console import RenderableType
 from rich.table import Table
 
 from vlcli.cli import render
 from vlcli.cli.common import AdapterOption, ProfileOption, TaskArgument, settings_options
 from vlcli.config import profiles as profile_mod
 from vlcli.config import resolve
-from vlcli.config.settings import Settings
-
-EXTRA_REPORTS: list[Callable[[Settings], Optional[RenderableType]]] = []
-"""Further reports shown after the configuration (extension point: the model core registers the
-trainable-parameter table here; each callable returns a renderable or None)."""
+from vlcli.config.resolve import Resolution
 
 
 def list_profiles() -> None:
@@ -34,9 +28,22 @@ def inspect_config(
     task: Optional[str] = TaskArgument,
     profile: Optional[list[str]] = ProfileOption,
     adapter: Optional[str] = AdapterOption,
-    as_json: bool = typer.Option(False, "--json", help="Print config, sources, warnings and errors as JSON.", rich_help_panel="General"),
-    show_profiles: bool = typer.Option(False, "--list-profiles", "--list_profiles", help="List the built-in profiles and exit.", rich_help_panel="General"),
-    changed: bool = typer.Option(False, "--changed", help="Show only arguments that differ from their defaults.", rich_help_panel="General"),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print config, sources, warnings and errors as JSON.", rich_help_panel="General"
+    ),
+    show_profiles: bool = typer.Option(
+        False,
+        "--list-profiles",
+        "--list_profiles",
+        help="List the built-in profiles and exit.",
+        rich_help_panel="General",
+    ),
+    changed: bool = typer.Option(
+        False,
+        "--changed",
+        help="Show only arguments that differ from their defaults.",
+        rich_help_panel="General",
+    ),
     overrides: Any = None,
 ) -> None:
     """Show the resolved configuration with each value's source, derived values, warnings and errors."""
@@ -44,18 +51,16 @@ def inspect_config(
         list_profiles()
         return
     res = resolve("inspect-config", task, profile or [], overrides, adapter)
+    params = _parameters(res)
     if as_json:
-        render.print_json(res.to_json())
+        render.print_json({**res.to_json(), "parameters": params})
         raise typer.Exit(2 if res.errors else 0)
     for table in render.section_tables(res, changed_only=changed):
         render.out.print(table)
     if res.settings is not None and res.settings.derived is not None:
         render.out.print(render.derived_table(res.settings))
-        if not res.errors:
-            for report in EXTRA_REPORTS:
-                item = report(res.settings)
-                if item is not None:
-                    render.out.print(item)
+        if params is not None:
+            render.out.print(render.parameter_table(params))
     panel = render.warnings_panel(res.warnings)
     if panel is not None:
         render.out.print(panel)
@@ -63,3 +68,12 @@ def inspect_config(
         render.issue_lines(res.errors)
         raise typer.Exit(2)
     render.out.print("[green]configuration valid[/]")
+
+
+def _parameters(res: Resolution) -> Optional[dict[str, Any]]:
+    """Parameter counts on the meta device (torch is imported only here), or None for invalid settings."""
+    if res.errors or res.settings is None:
+        return None
+    from vlcli.model.params import parameter_report
+
+    return parameter_report(res.settings)

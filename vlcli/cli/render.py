@@ -9,6 +9,7 @@ from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from vlcli.config.resolve import DEFAULT_SOURCE, Resolution
 from vlcli.config.settings import FIELDS, SECTION_MODELS, SECTION_TITLES, Settings
@@ -52,7 +53,9 @@ def warnings_panel(warnings: list[Issue]) -> Panel | None:
     if not warnings:
         return None
     body = "\n".join(f"[yellow]{escape(f'[{w.rule}]')}[/] {escape(w.message)}" for w in warnings)
-    return Panel(body, title=f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}", border_style="yellow")
+    return Panel(
+        body, title=f"{len(warnings)} warning{'s' if len(warnings) != 1 else ''}", border_style="yellow"
+    )
 
 
 def section_tables(res: Resolution, changed_only: bool = False) -> list[Table]:
@@ -76,7 +79,9 @@ def section_tables(res: Resolution, changed_only: bool = False) -> list[Table]:
             shown = escape(fmt(value))
             if differs:
                 shown = f"[bold yellow]{shown}[/]"
-            table.add_row(name, shown, escape(fmt(spec.default)), escape(source) if source != DEFAULT_SOURCE else "")
+            table.add_row(
+                name, shown, escape(fmt(spec.default)), escape(source) if source != DEFAULT_SOURCE else ""
+            )
             rows += 1
         if rows:
             tables.append(table)
@@ -91,7 +96,9 @@ def derived_table(settings: Settings) -> Group:
     head.add_column("value", style="cyan")
     head.add_column("resolved")
     head.add_row("feat_dim", str(d.feat_dim))
-    head.add_row("backbone", f"{settings.model.backbone} ({d.backbone_family or '?'}, d_model {d.d_model or '?'})")
+    head.add_row(
+        "backbone", f"{settings.model.backbone} ({d.backbone_family or '?'}, d_model {d.d_model or '?'})"
+    )
     head.add_row("tasks", fmt(d.tasks) + (" (multitask)" if d.multitask else ""))
     head.add_row("valid_batch_size", str(d.valid_batch_size))
     head.add_row("load", d.load_path or "none")
@@ -103,11 +110,40 @@ def derived_table(settings: Settings) -> Group:
         for col in ("task", "batch", "valid batch", "text len", "gen len", "prompt"):
             per.add_column(col)
         for task, run in d.per_task.items():
-            per.add_row(task, str(run.batch_size), str(run.valid_batch_size), str(run.max_text_length),
-                        str(run.gen_max_length), escape(repr(run.prompt)))
+            per.add_row(
+                task,
+                str(run.batch_size),
+                str(run.valid_batch_size),
+                str(run.max_text_length),
+                str(run.gen_max_length),
+                escape(repr(run.prompt)),
+            )
         parts.append(per)
     return Group(*parts)
 
 
+def parameter_table(report: dict[str, Any]) -> Any:
+    """The trainable-parameter table of :func:`vlcli.model.params.parameter_report`."""
+    if "unavailable" in report:
+        return Text(f"parameters: not counted ({report['unavailable']})", style="dim")
+    table = Table(title="Parameters (counted on the meta device)", title_justify="left")
+    for col in ("group", "total", "trainable", "% of all"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    total = report["total"] or 1
+    for name, group in sorted(report["groups"].items()):
+        table.add_row(
+            name, f"{group['total']:,}", f"{group['trainable']:,}", f"{100 * group['trainable'] / total:.2f}"
+        )
+    table.add_row(
+        "[bold]all[/]",
+        f"[bold]{report['total']:,}[/]",
+        f"[bold]{report['trainable']:,}[/]",
+        f"[bold]{report['percent']:.2f}[/]",
+    )
+    return table
+
+
 def print_json(data: Any) -> None:
-    out.print_json(json.dumps(data), highlight=False) if out.is_terminal else print(json.dumps(data, indent=2))
+    out.print_json(json.dumps(data), highlight=False) if out.is_terminal else print(
+        json.dumps(data, indent=2)
+    )

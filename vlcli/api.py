@@ -1,0 +1,129 @@
+"""The public Python API of vlcli (the CLI is built on these functions).
+
+    from vlcli import api
+    settings = api.load_settings(profiles=["single_adapter"], task="vqa", backbone="t5-base")
+    model = api.build_model(settings, device="meta")          # shapes only: nothing is downloaded
+    api.count_parameters(model)                              # {"total", "trainable", "percent", "groups"}
+    model = api.build_model(settings, device="cuda")          # weights from the hub or a local directory
+    out = model(input_ids, attention_mask, vis_feats, vis_pos, labels=labels, task="vqa")
+    out.loss, out.logits
+    ids = model.generate(input_ids, attention_mask, vis_feats, vis_pos, num_beams=5, max_length=20)
+    api.save_checkpoint(model, "snap/run/BEST", settings=settings)
+    api.load_checkpoint(model, "snap/run/BEST.safetensors", settings=settings)
+
+Validation is the CLI's: :func:`load_settings` raises :class:`vlcli.errors.ConfigError` listing every
+broken rule. torch and transformers are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlcli.config.resolve import resolve
+from vlcli.config.settings import Settings
+from vlcli.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from vlcli.model.checkpoint import LoadReport
+    from vlcli.model.tokenizer import VLTokenizer
+    from vlcli.model.vl import VLModel
+
+
+def load_settings(
+    profiles: Sequence[str] = (),
+    task: str | None = None,
+    adapter: str | None = None,
+    command: str = "finetune",
+    **overrides: Any,
+) -> Settings:
+    """Validated settings: defaults < ``profiles`` < ``adapter`` recipe < ``overrides`` < ``task``.
+
+    ``overrides`` use the argument names of the config reference (``lr=3e-4``, ``backbone="t5-base"``).
+    Raises :class:`ConfigError` (all errors, with warnings attached) exactly as the CLI would.
+    """
+    res = resolve(command, task, list(profiles), overrides, adapter)
+    if res.errors or res.settings is None:
+        raise ConfigError(res.errors, res.warnings)
+    return res.settings
+
+
+def build_tokenizer(settings: Settings) -> VLTokenizer:
+    """The VL tokenizer (backbone tokenizer + ``<extra_id_k>`` + ``<vis_extra_id_k>``)."""
+    from vlcli.model.build import build_tokenizer as _build
+
+    return _build(settings)
+
+
+def build_model(
+    settings: Settings, device: str | torch.device = "cpu", tokenizer: VLTokenizer | None = None
+) -> VLModel:
+    """The VL-T5 / VL-BART model of ``settings`` with its trainable set applied.
+
+    ``device="meta"`` builds shapes only (presets and local directories need no download).
+    """
+    from vlcli.model.build import build_model as _build
+    from vlcli.model.params import set_trainable
+
+    model = _build(settings, device=device, tokenizer=tokenizer)
+    set_trainable(model, settings)
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
+    """``{"total", "trainable", "percent", "groups": {name: {"total", "trainable"}}}`` (tied weights once)."""
+    from vlcli.model.params import count_parameters as _count
+
+    return _count(model)
+
+
+def save_checkpoint(
+    model: VLModel, path: str | Path, full: bool = False, settings: Settings | None = None
+) -> Path:
+    """Write ``PATH.safetensors`` + ``PATH.json`` (adapter-only unless ``full``); return the tensors' path."""
+    from vlcli.model.checkpoint import save_checkpoint as _save
+    from vlcli.model.manifest import describe
+
+    return _save(model, path, describe(model, settings), full=full)
+
+
+def load_checkpoint(
+    model: VLModel,
+    path: str | Path,
+    strict: bool = True,
+    allow_partial: bool = False,
+    settings: Settings | None = None,
+) -> LoadReport:
+    """Load a vlcli ``.safetensors`` checkpoint or an original VL-T5 / VL-Adapter ``.pth`` into ``model``.
+
+    vlcli checkpoints are first checked against the model (family, vocab size, feat_dim, visual
+    reduction; with ``settings`` also the method settings). Original ``.pth`` files go through the
+    explicit key map of :mod:`vlcli.model.original`. ``strict`` / ``allow_partial``: see
+    :func:`vlcli.model.checkpoint.load_checkpoint`.
+    """
+    from vlcli.config.load import PTH_SUFFIX
+    from vlcli.model.checkpoint import load_checkpoint as _load
+    from vlcli.model.checkpoint import read_manifest
+    from vlcli.model.manifest import check_manifest
+    from vlcli.model.original import original_key_map
+
+    path = Path(path).expanduser()
+    if path.suffix == PTH_SUFFIX:
+        return _load(model, path, strict=strict, allow_partial=allow_partial, key_map=original_key_map(model))
+    manifest = read_manifest(path) if path.is_file() else None
+    if manifest is not None and not allow_partial:
+        check_manifest(manifest, model, str(path), settings)
+    return _load(model, path, strict=strict, allow_partial=allow_partial)
+
+
+__all__ = [
+    "build_model",
+    "build_tokenizer",
+    "count_parameters",
+    "load_checkpoint",
+    "load_settings",
+    "save_checkpoint",
+]
