@@ -73,6 +73,7 @@ class TrainSettings(Section):
     dry: Bool = F(False, "Evaluate once before training.")
     deepspeed: OptStr = F(None, "Path to a DeepSpeed JSON config (through accelerate; needs deepspeed installed).")
     save_full: Bool = F(False, "Save every weight in checkpoints instead of only the trained ones.")
+    allow_partial_load: Bool = F(False, "Load a --load checkpoint whose keys do not all match; list what was skipped.")
 
 
 class DatasetSettings(Section):
