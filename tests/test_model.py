@@ -556,7 +556,9 @@ def test_inspect_config_counts_presets_offline(cli, backbone, backbone_total):
     assert res.code == 0, res.err
     params = json.loads(res.out)["parameters"]
     visual = params["groups"]["visual embedding"]["total"]
-    assert params["groups"]["backbone"]["total"] == backbone_total  # resized to the VL vocabulary
+    language = sum(g["total"] for name, g in params["groups"].items() if name != "visual embedding")
+    assert language == backbone_total  # resized to the VL vocabulary
+    assert set(params["groups"]) == {"backbone", "layer norms", "token embedding / LM head", "visual embedding"}
     assert params["total"] == backbone_total + visual == params["trainable"]
     frozen = json.loads(cli("inspect-config", "vqa", "--backbone", backbone, "--json").out)["parameters"]
     assert frozen["trainable"] == visual and frozen["total"] == params["total"]

@@ -32,6 +32,7 @@ from vlcli.model.presets import PRESETS, architecture_config, backbone_info, mod
 from vlcli.model.tokenizer import N_EXTRA, N_VIS, VLTokenizer, build_vl_tokenizer
 from vlcli.model.visual import VisualConfig
 from vlcli.model.vl import VLModel
+from vlcli.peft import apply_peft
 
 # Vocabulary of the public backbones' tokenizers (before the VL sentinels are added).
 _TOKENIZER_SIZES = {"t5": 32000 + N_EXTRA, "bart": 50265}
@@ -188,6 +189,7 @@ def build_model(
         model = VLModel(
             lm, family, visual, backbone=backbone, generation_defaults=GENERATION_DEFAULTS[family]
         )
+        apply_peft(model, settings)
     if not meta:
         model.to(device)
     lm.generation_config = model.generation_config(settings.get("num_beams"), settings.get("gen_max_length"))

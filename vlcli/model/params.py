@@ -4,7 +4,8 @@
 ``--unfreeze_language_model`` the whole backbone; ``--unfreeze_lm_head`` the LM head and the token
 embedding it is tied to (BART's ``final_logits_bias`` is a buffer and stays fixed); and
 ``--unfreeze_layer_norms`` every layer norm of the backbone, T5's RMS norms included (the original
-missed those, spec §7.1). Modules that carry a ``parameter_group`` attribute (the visual embedding,
+missed those, spec §7.1); every PEFT module (adapters, hyper-networks, LoRA, prompts); and with
+``--lora_train_biases`` every bias of the backbone (what the original's LoRA mode did). Modules that carry a ``parameter_group`` attribute (the visual embedding,
 PEFT modules) are reported under that name by :func:`count_parameters`; the rest is "backbone".
 """
 
@@ -40,6 +41,15 @@ def set_trainable(model: nn.Module, settings: Any) -> None:
         for module in lm.modules():
             if is_layer_norm(module):
                 module.requires_grad_(True)
+    from vlcli.peft import PEFT_GROUPS
+
+    for module in model.modules():
+        if getattr(module, "parameter_group", None) in PEFT_GROUPS:
+            module.requires_grad_(True)
+    if settings.get("use_lora") and settings.get("lora_train_biases"):
+        for name, param in lm.named_parameters():
+            if name.endswith(".bias"):
+                param.requires_grad_(True)
 
 
 def _groups(model: nn.Module) -> list[tuple[str, str]]:
@@ -59,6 +69,26 @@ def group_of(name: str, groups: list[tuple[str, str]]) -> str:
     return BACKBONE_GROUP
 
 
+LAYER_NORM_GROUP = "layer norms"
+EMBEDDING_GROUP = "token embedding / LM head"
+
+
+def _backbone_parts(model: nn.Module) -> dict[int, str]:
+    """Backbone parameters reported in their own group: layer norms and the (tied) token embedding / LM head."""
+    lm = getattr(model, "lm", None)
+    if lm is None:
+        return {}
+    parts: dict[int, str] = {}
+    for module in lm.modules():
+        if is_layer_norm(module):
+            for param in module.parameters(recurse=False):
+                parts[id(param)] = LAYER_NORM_GROUP
+    for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+        if module is not None:
+            parts[id(module.weight)] = EMBEDDING_GROUP
+    return parts
+
+
 def count_parameters(model: nn.Module) -> dict[str, Any]:
     """``{"total", "trainable", "percent", "groups": {group: {"total", "trainable"}}}``; tied tensors once.
 
@@ -66,11 +96,15 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
     paper's "updated parameters" figure.
     """
     groups = _groups(model)
+    special = _backbone_parts(model)
     out: dict[str, dict[str, int]] = {}
     total = trainable = 0
     for name, param in model.named_parameters():  # remove_duplicate=True: tied weights once
         n = param.numel()
-        group = out.setdefault(group_of(name, groups), {"total": 0, "trainable": 0})
+        key = group_of(name, groups)
+        if key == BACKBONE_GROUP:
+            key = special.get(id(param), key)
+        group = out.setdefault(key, {"total": 0, "trainable": 0})
         group["total"] += n
         total += n
         if param.requires_grad:

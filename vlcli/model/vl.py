@@ -68,17 +68,21 @@ class _VLT5Attention(T5Attention):
 
 
 class _VLBartPositions(BartLearnedPositionalEmbedding):
-    """BART encoder positions with zeros for every token after the first ``vl_text_length``."""
+    """BART encoder positions for the text tokens only: prompts (the first ``vl_prefix_length`` tokens)
+    and visual tokens (from ``vl_text_length`` on) get zeros; text positions start at 0."""
 
     vl_text_length: int | None = None
+    vl_prefix_length: int = 0
 
     def forward(self, input_ids, *args, **kwargs):
-        positions = super().forward(input_ids, *args, **kwargs)
-        text = self.vl_text_length
-        if text is None or text >= positions.shape[-2]:
-            return positions
-        keep = (torch.arange(positions.shape[-2], device=positions.device) < text).to(positions.dtype)
-        return positions * keep.unsqueeze(-1)
+        text, prefix = self.vl_text_length, self.vl_prefix_length
+        length = input_ids.shape[1]
+        if text is None or (prefix == 0 and text >= length):
+            return super().forward(input_ids, *args, **kwargs)
+        idx = torch.arange(length, device=self.weight.device)
+        positions = nn.Embedding.forward(self, (idx - prefix).clamp(min=0) + self.offset)
+        keep = ((idx >= prefix) & (idx < text)).to(positions.dtype)
+        return (positions * keep.unsqueeze(-1)).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
 
 
 class _VLBartEmbeddingNorm(nn.LayerNorm):
@@ -289,8 +293,17 @@ class VLModel(nn.Module):
         if attention_mask is None:
             attention_mask = input_ids.ne(self.lm.config.pad_token_id)
         embeds = self.lm.get_input_embeddings()(input_ids)  # BART's embedding applies its own scale
-        text_length = embeds.shape[1]
         mask = attention_mask.to(torch.long)
+        prefix = 0
+        prompts = (
+            self.peft["encoder_prompts"] if hasattr(self, "peft") and "encoder_prompts" in self.peft else None
+        )
+        if prompts is not None:  # [prompt; text]: prompts count as text for T5's bias and BART's layer norm
+            p = prompts(embeds.shape[0]).to(embeds.dtype)
+            prefix = p.shape[1]
+            embeds = torch.cat([p, embeds], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], prefix), mask], dim=1)
+        text_length = embeds.shape[1]
         if vis_feats is not None:
             vis, vis_mask = self.embed_visual(
                 vis_feats, vis_pos, img_order_ids, obj_order_ids, vis_attention_mask
@@ -302,11 +315,13 @@ class VLModel(nn.Module):
         spans = self._span_modules()
         for module in spans:
             module.vl_text_length = text_length
+            module.vl_prefix_length = prefix
         try:
             outputs = self.lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
         finally:
             for module in spans:
                 module.vl_text_length = None
+                module.vl_prefix_length = 0
         return Encoded(BaseModelOutput(last_hidden_state=outputs.last_hidden_state), mask, text_length)
 
     # --------------------------------------------------------------------------------- forward

@@ -1,0 +1,231 @@
+"""PEFT methods: the paper's trainable percentages, gradients, task routing, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from tests.tiny import make_backbone_dir
+from vlcli import api
+from vlcli.errors import NotImplementedYetError
+from vlcli.peft.adapters import AdapterController, PHMLinear
+
+FEAT = 16
+TASKS = "vqa,gqa"
+
+PAPER = {
+    "full_finetuning": 100.0,
+    "multiple_adapters": 12.22,
+    "half_shared_adapters": 8.36,
+    "single_adapter": 4.18,
+    "hyperformer": 5.79,
+    "multiple_compacters": 7.05,
+    "single_compacter": 2.70,
+    "multiple_lora": 17.71,
+    "single_lora": 5.93,
+    "multiple_prompts": 4.53,
+    "single_prompt": 2.00,
+}
+
+
+@pytest.mark.parametrize(("profile", "percent"), PAPER.items())
+def test_paper_trainable_percentages_on_bart_base(cli, profile, percent):
+    res = cli(
+        "inspect-config", "multitask", "--profile", profile, "--backbone", "facebook/bart-base", "--json"
+    )
+    assert res.code == 0, res.err
+    params = json.loads(res.out)["parameters"]
+    assert round(params["percent"], 2) == percent
+
+
+METHODS = {
+    "adapter": {"use_adapter": True, "reduction_factor": 4},
+    "single_adapter": {
+        "use_adapter": True,
+        "use_single_adapter": True,
+        "reduction_factor": 4,
+        "add_layer_norm_before_adapter": True,
+        "add_layer_norm_after_adapter": True,
+    },
+    "half_shared": {
+        "use_adapter": True,
+        "share_up_sampler": True,
+        "reduction_factor": 4,
+        "add_adapter_cross_attn": True,
+    },
+    "compacter": {
+        "use_compacter": True,
+        "reduction_factor": 4,
+        "hypercomplex_division": 2,
+        "shared_phm_rule": False,
+        "factorized_phm": False,
+    },
+    "compacter_shared_rule": {
+        "use_compacter": True,
+        "reduction_factor": 4,
+        "shared_phm_rule": True,
+        "factorized_phm": True,
+        "phm_rank": 2,
+    },
+    "lradapter": {"use_lradapter": True, "reduction_factor": 4, "low_rank_rank": 2},
+    "hyperformer": {
+        "use_hyperformer": True,
+        "unique_hyper_net": True,
+        "projected_task_embedding_dim": 8,
+        "reduction_factor": 4,
+    },
+    "efficient_hyperformer": {
+        "use_hyperformer": True,
+        "efficient_unique_hyper_net": True,
+        "reduction_factor": 4,
+        "add_layer_norm_before_adapter": True,
+    },
+    "lora": {"use_lora": True, "lora_dim": 4, "lora_train_biases": True},
+    "single_lora": {"use_lora": True, "lora_dim": 4, "use_single_lora": True},
+    "prompts": {"encoder_prompt_len": 3, "mid_dim": 8},
+    "single_prompt": {"encoder_prompt_len": 3, "mid_dim": 8, "use_single_prompt": True},
+}
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("peft")
+    return {fam: make_backbone_dir(root / fam, fam) for fam in ("t5", "bart")}
+
+
+def make(dirs, family, method, seed=0):
+    settings = api.load_settings(
+        task="multitask",
+        tasks=TASKS,
+        backbone=str(dirs[family]),
+        feat_dim=FEAT,
+        dropout=0.0,
+        **METHODS[method],
+    )
+    torch.manual_seed(seed)
+    model = api.build_model(settings)
+    tok = api.build_tokenizer(settings)
+    return settings, model, tok
+
+
+def batch(tok):
+    enc = tok.batch_encode(["what color is the cube", "is there a ball"])
+    labels = tok.batch_encode(["red", "yes"])["input_ids"]
+    g = torch.Generator().manual_seed(0)
+    return enc, labels, torch.randn(2, 4, FEAT, generator=g), torch.rand(2, 4, 4, generator=g)
+
+
+def perturb(model):
+    """Move the trainable parameters away from their (partly zero) initialisation."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_reach_exactly_the_trainable_set_and_tasks_route(dirs, family, method):
+    _, model, tok = make(dirs, family, method)
+    model.train()
+    perturb(model)
+    enc, labels, feats, boxes = batch(tok)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    peft = {n for n in trainable if not n.startswith("visual_embedding.") and not n.endswith(".bias")}
+    assert peft, "the method added no trainable parameters"
+    for task in ("vqa", "gqa"):
+        model.zero_grad(set_to_none=True)
+        model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task=task).loss.backward()
+        got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert got <= trainable  # frozen parameters never receive gradients
+        other = "gqa" if task == "vqa" else "vqa"
+        # modules registered under task 0's name but used by every task
+        shared_part = {"half_shared": ".up_sampler.", "compacter_shared_rule": ".rule"}.get(method)
+        untouched = [n for n in got if f".{other}." in n and not (shared_part and shared_part in n)]
+        assert not untouched  # the other task's modules get no gradient
+        assert any(n in got for n in peft)
+    model.eval()
+    out = {
+        t: model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task=t).logits
+        for t in ("vqa", "gqa")
+    }
+    if "single" in method:
+        assert torch.equal(out["vqa"], out["gqa"])
+    else:
+        assert not torch.equal(out["vqa"], out["gqa"])
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.mark.parametrize("method", METHODS)
+def test_adapter_only_round_trip_is_exact(dirs, family, method, tmp_path):
+    settings, model, tok = make(dirs, family, method, seed=1)
+    perturb(model)
+    model.eval()
+    enc, labels, feats, boxes = batch(tok)
+    want = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="gqa").logits
+    path = api.save_checkpoint(model, tmp_path / "BEST", settings=settings)
+    _, fresh, _ = make(dirs, family, method, seed=2)
+    fresh.eval()
+    assert api.load_checkpoint(fresh, path, settings=settings).complete
+    got = fresh(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="gqa").logits
+    assert torch.equal(got, want)
+
+
+def test_sharing_modes_share_module_objects(dirs):
+    _, model, _ = make(dirs, "bart", "half_shared")
+    controllers = [m for m in model.modules() if isinstance(m, AdapterController)]
+    assert (
+        len(controllers) == 2 * 2 + 2 * 3
+    )  # BART: 2 slots per encoder layer, 3 per decoder layer (cross-attn on)
+    c = controllers[0]
+    assert c.adapters["vqa"].up_sampler is c.adapters["gqa"].up_sampler
+    assert c.adapters["vqa"].down_sampler is not c.adapters["gqa"].down_sampler
+    _, model, _ = make(dirs, "t5", "compacter_shared_rule")
+    rules = {id(m.rule) for m in model.modules() if isinstance(m, PHMLinear)}
+    assert len(rules) == 1
+
+
+def test_phm_linear_is_a_kronecker_sum():
+    layer = PHMLinear(4, 6, n=2)
+    expected = sum(torch.kron(layer.rule[i], layer.w[i]) for i in range(2))
+    torch.testing.assert_close(layer.weight(), expected)
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(layer(x), x @ expected + layer.bias)
+
+
+def test_lora_starts_as_the_identity_update_and_covers_q_and_v(dirs):
+    _, model, tok = make(dirs, "t5", "lora")
+    names = {
+        n.rsplit(".vl_lora", 1)[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".vl_lora." in n
+    }
+    assert names == {"q", "v"}  # T5 too (the original silently trained nothing on T5)
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if hasattr(m, "vl_lora"):
+            m.vl_lora = None
+    enc, labels, feats, boxes = batch(tok)
+    model.eval()
+    plain.eval()
+    a = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa").logits
+    b = plain(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa").logits
+    assert torch.equal(a, b)  # B = 0 at initialisation
+
+
+def test_encoder_prompts_extend_the_encoder_input(dirs):
+    _, model, tok = make(dirs, "bart", "prompts")
+    enc, labels, feats, boxes = batch(tok)
+    out = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa")
+    assert out.encoder_last_hidden_state.shape[1] == 3 + enc["input_ids"].shape[1] + 4
+
+
+def test_methods_of_later_versions_exit_3(cli, dirs):
+    with pytest.raises(NotImplementedYetError, match="use_lm_head_adapter"):
+        api.build_model(
+            api.load_settings(
+                task="vqa", backbone="facebook/bart-base", use_lm_head_adapter=True, use_adapter=True
+            ),
+            device="meta",
+        )
