@@ -222,10 +222,75 @@ def test_encoder_prompts_extend_the_encoder_input(dirs):
 
 
 def test_methods_of_later_versions_exit_3(cli, dirs):
-    with pytest.raises(NotImplementedYetError, match="use_lm_head_adapter"):
+    with pytest.raises(NotImplementedYetError, match="decoder_prompt_len"):
         api.build_model(
-            api.load_settings(
-                task="vqa", backbone="facebook/bart-base", use_lm_head_adapter=True, use_adapter=True
-            ),
-            device="meta",
+            api.load_settings(task="vqa", backbone="facebook/bart-base", decoder_prompt_len=4), device="meta"
         )
+
+
+# ----------------------------------------------------------------- LM-head adapter, track_z, visual adapters
+
+
+def test_lm_head_adapter_adds_to_the_logits(dirs):
+    settings, model, tok = make_with(
+        dirs, "bart", use_lm_head_adapter=True, use_adapter=True, reduction_factor=4
+    )
+    head = model.lm.get_output_embeddings()
+    assert head.vl_parallel.up_sampler.out_features == model.vocab_size
+    enc, labels, feats, boxes = batch(tok)
+    model.eval()
+    with_adapter = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa")
+    h = head.vl_parallel
+    head.vl_parallel = None
+    without = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa")
+    head.vl_parallel = h
+    assert not torch.equal(with_adapter.logits, without.logits)
+    groups = api.count_parameters(model)["groups"]
+    assert groups["LM-head adapter"]["trainable"] == groups["LM-head adapter"]["total"] > 0
+
+
+def make_with(dirs, family, **method):
+    settings = api.load_settings(
+        task="multitask", tasks=TASKS, backbone=str(dirs[family]), feat_dim=FEAT, dropout=0.0, **method
+    )
+    torch.manual_seed(0)
+    return settings, api.build_model(settings), api.build_tokenizer(settings)
+
+
+@pytest.mark.parametrize(
+    "method", [{"use_adapter": True}, {"use_hyperformer": True, "unique_hyper_net": True}]
+)
+def test_track_z_adds_the_activation_penalty(dirs, method):
+    common = {"reduction_factor": 4, **method}
+    _, plain, tok = make_with(dirs, "t5", **common)
+    _, tracked, _ = make_with(dirs, "t5", track_z=True, lambda_z=0.5, **common)
+    enc, labels, feats, boxes = batch(tok)
+    plain.eval()
+    tracked.eval()
+    a = plain(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa").loss
+    b = tracked(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa").loss
+    assert b > a  # same weights (same seed), plus 0.5 · mean(z²) > 0
+
+
+def test_visual_adapters_in_every_clip_resnet_block():
+    from open_clip.modified_resnet import ModifiedResNet
+
+    from vlcli.peft.visual_adapters import VisualAdapter, inject_visual_adapters
+
+    torch.manual_seed(0)
+    resnet = ModifiedResNet(layers=(1, 2, 1, 1), output_dim=16, heads=2, image_size=64, width=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = resnet(x)
+    keys = set(resnet.state_dict())
+    assert inject_visual_adapters(resnet, "front-middle-back-transition-bottleneck", 2, remove_bn=True) == 5
+    assert keys <= set(resnet.state_dict())  # the ResNet's own keys are kept
+    adapters = [m for m in resnet.modules() if isinstance(m, VisualAdapter)]
+    assert len(adapters) == 5 * 4
+    # every block of every stage gets the same BN setting (the original gave BN to later blocks anyway)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for a in adapters for m in a.modules())
+    after = resnet(x)
+    assert after.shape == before.shape and not torch.equal(after, before)
+    after.sum().backward()
+    assert all(p.grad is not None for a in adapters for p in a.parameters())
+    with pytest.raises(ValueError, match="vis_adapter_type"):
+        inject_visual_adapters(resnet, "side-bottleneck", 2, remove_bn=False)

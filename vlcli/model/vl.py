@@ -197,6 +197,7 @@ class VLModel(nn.Module):
         # Not registered as submodules: they already belong to ``lm``. Found again after a deepcopy.
         self._span_paths = [_path_of(lm, m) for m in _install_text_span(lm, family, share)]
         self.generation_defaults = dict(generation_defaults or {})
+        self.lambda_z = 0.0  # weight of the adapter-activation penalty (--track_z / --lambda_z)
 
     # ------------------------------------------------------------------------------ properties
 
@@ -389,12 +390,24 @@ class VLModel(nn.Module):
                     example_loss if loss_weights is None else example_loss * loss_weights.to(example_loss)
                 )
                 loss = weighted.mean()
+            if self.lambda_z:
+                loss = loss + self.lambda_z * self._z_penalty(loss)
         return VLOutput(
             loss=loss,
             logits=logits,
             example_loss=example_loss,
             encoder_last_hidden_state=enc.outputs.last_hidden_state,
         )
+
+    def _z_penalty(self, like: torch.Tensor) -> torch.Tensor:
+        """(1/K)·Σ_k mean(z_k²) over the K adapters that ran in this forward (``--track_z``); 0 when none did."""
+        zs = []
+        for module in self.modules():
+            z = getattr(module, "z", None) if getattr(module, "track_z", False) else None
+            if isinstance(z, torch.Tensor):
+                zs.append(z.float().pow(2).mean())
+                module.z = None
+        return torch.stack(zs).mean() if zs else like.new_zeros(())
 
     # ------------------------------------------------------------------------------ generation
 

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from vlcli.errors import NotImplementedYetError
-from vlcli.peft.adapters import AdapterController, AdapterSpec
+from vlcli.peft.adapters import AdapterController, AdapterSpec, OutputAdapter
 from vlcli.peft.hyperformer import build_hyperformer
 from vlcli.peft.lora import LoRA
 from vlcli.peft.prompts import PromptController
 from vlcli.peft.slots import adapter_slots, as_peft_linear, lora_targets
 
-PEFT_GROUPS = ("adapters", "hyper-network", "LoRA", "prompts", "LM-head adapter")
+PEFT_GROUPS = ("adapters", "hyper-network", "LoRA", "prompts", "LM-head adapter", "visual adapters")
 
 
 class SharedPHMRule(nn.Module):
@@ -59,8 +59,6 @@ def apply_peft(model: nn.Module, settings: Any) -> None:
         )
     if s("decoder_prompt_len") > 0:
         raise _not_yet("--decoder_prompt_len (decoder prompt tuning)")
-    if s("use_lm_head_adapter"):
-        raise _not_yet("--use_lm_head_adapter")
     if s("use_vis_adapter"):
         raise _not_yet("--use_vis_adapter (visual adapters on the in-model CLIP encoder)")
 
@@ -115,5 +113,15 @@ def apply_peft(model: nn.Module, settings: Any) -> None:
         registry["encoder_prompts"] = PromptController(
             s("encoder_prompt_len"), d, s("mid_dim"), tasks, s("use_single_prompt"), router
         )
+    if s("use_lm_head_adapter"):
+        head = lm.get_output_embeddings()
+        as_peft_linear(head).vl_parallel = OutputAdapter(
+            d, head.out_features, s("add_layer_norm_before_adapter"), s("add_layer_norm_after_adapter")
+        )
+    if s("track_z"):
+        for module in model.modules():
+            if hasattr(module, "track_z"):
+                module.track_z = True
+        model.lambda_z = float(s("lambda_z"))
     if len(registry):
         model.peft = registry

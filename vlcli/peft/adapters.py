@@ -109,15 +109,18 @@ def _linear(d_in: int, d_out: int) -> nn.Linear:
 class Adapter(nn.Module):
     """One task's bottleneck: U·gelu(D·x + b_D) + b_U (no residual; the controller adds it)."""
 
+    track_z = False  # set by apply_peft with --track_z: keep the bottleneck activation of the latest call
+
     def __init__(self, down: nn.Module, up: nn.Module):
         super().__init__()
         self.down_sampler = down
         self.up_sampler = up
-        self.z: torch.Tensor | None = None  # bottleneck activation of the latest call (track_z)
+        self.z: torch.Tensor | None = None
 
     def forward(self, x):
         z = F.gelu(self.down_sampler(x), approximate="tanh")
-        self.z = z
+        if self.track_z:
+            self.z = z
         return self.up_sampler(z)
 
 
@@ -176,3 +179,24 @@ class AdapterController(nn.Module):
         if self.post_layer_norm is not None:
             a = self.post_layer_norm(a)
         return x + a
+
+
+class OutputAdapter(nn.Module):
+    """The LM-head adapter (spec §3.8): logits += LN_post(U·gelu(D·LN_pre(h))), D: d→d/16, U: d/16→vocab.
+
+    Parallel to the LM head, no residual (it adds to the logits); the original crashed before reaching it.
+    """
+
+    parameter_group = "LM-head adapter"
+
+    def __init__(self, d_model: int, vocab_size: int, ln_before: bool, ln_after: bool):
+        super().__init__()
+        self.pre_layer_norm = nn.LayerNorm(d_model) if ln_before else None
+        self.down_sampler = _linear(d_model, d_model // 16)
+        self.up_sampler = _linear(d_model // 16, vocab_size)
+        self.post_layer_norm = nn.LayerNorm(vocab_size) if ln_after else None
+
+    def forward(self, h):
+        z = self.pre_layer_norm(h) if self.pre_layer_norm is not None else h
+        out = self.up_sampler(F.gelu(self.down_sampler(z), approximate="tanh"))
+        return self.post_layer_norm(out) if self.post_layer_norm is not None else out

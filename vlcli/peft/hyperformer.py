@@ -250,6 +250,8 @@ class HyperAdapter(nn.Module):
     """
 
     parameter_group = "hyper-network"
+    track_z = False  # set by apply_peft with --track_z
+    z: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -287,6 +289,8 @@ class HyperAdapter(nn.Module):
         if self.add_ln_before:
             z = F.layer_norm(z, (d,), cast(w.pre_ln_weight), cast(w.pre_ln_bias), eps=ADAPTER_LN_EPS)
         a = F.gelu(F.linear(z, cast(w.down_weight), cast(w.down_bias)), approximate="tanh")
+        if self.track_z:
+            self.z = a
         a = F.linear(a, cast(w.up_weight), cast(w.up_bias))
         if self.add_ln_after:
             a = F.layer_norm(a, (d,), cast(w.post_ln_weight), cast(w.post_ln_bias), eps=ADAPTER_LN_EPS)

@@ -3,7 +3,7 @@
 Every insertion point of the paper is the output projection of a sublayer (spec §3.1) or a q / v
 projection (LoRA, §3.6). Such a Linear gets its class swapped to :class:`PeftLinear`, which computes
 
-    y = x·Wᵀ + b  (+ lora(x))            then    y = adapter(y)   (adapter returns y + its update)
+    y = x·Wᵀ + b  (+ lora(x)) (+ parallel(x))      then    y = adapter(y)   (adapter returns y + its update)
 
 The attached modules are children of the Linear (``...o.vl_adapter.*``, ``...q_proj.vl_lora.*``), so
 the backbone's own state-dict keys do not change and ``deepcopy`` / DDP see ordinary submodules. The
@@ -19,9 +19,10 @@ from torch.nn import functional as F
 
 
 class PeftLinear(nn.Linear):
-    """nn.Linear with an optional parallel LoRA branch and an optional sequential adapter."""
+    """nn.Linear with optional parallel branches (LoRA, the LM-head adapter) and a sequential adapter."""
 
     vl_lora: nn.Module | None
+    vl_parallel: nn.Module | None
     vl_adapter: nn.Module | None
 
     def forward(self, x):
@@ -29,6 +30,9 @@ class PeftLinear(nn.Linear):
         lora = getattr(self, "vl_lora", None)
         if lora is not None:
             y = y + lora(x)
+        parallel = getattr(self, "vl_parallel", None)
+        if parallel is not None:
+            y = y + parallel(x)
         adapter = getattr(self, "vl_adapter", None)
         if adapter is not None:
             y = adapter(y)
