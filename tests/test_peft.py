@@ -221,11 +221,12 @@ def test_encoder_prompts_extend_the_encoder_input(dirs):
     assert out.encoder_last_hidden_state.shape[1] == 3 + enc["input_ids"].shape[1] + 4
 
 
-def test_methods_of_later_versions_exit_3(cli, dirs):
-    with pytest.raises(NotImplementedYetError, match="decoder_prompt_len"):
-        api.build_model(
-            api.load_settings(task="vqa", backbone="facebook/bart-base", decoder_prompt_len=4), device="meta"
-        )
+def test_methods_of_later_versions_exit_3():
+    settings = api.load_settings(
+        task="vqa", backbone="facebook/bart-base", feature_type="raw_RN50", use_vis_adapter=True
+    )
+    with pytest.raises(NotImplementedYetError, match="use_vis_adapter"):
+        api.build_model(settings, device="meta")
 
 
 # ----------------------------------------------------------------- LM-head adapter, track_z, visual adapters
@@ -294,3 +295,72 @@ def test_visual_adapters_in_every_clip_resnet_block():
     assert all(p.grad is not None for a in adapters for p in a.parameters())
     with pytest.raises(ValueError, match="vis_adapter_type"):
         inject_visual_adapters(resnet, "side-bottleneck", 2, remove_bn=False)
+
+
+# ------------------------------------------------------------------------------------ decoder prompts
+
+
+def test_bart_decoder_prompts_are_a_prefix_of_the_decoder(dirs):
+    _, model, tok = make_with(dirs, "bart", decoder_prompt_len=3, mid_dim=8)
+    model.eval()
+    perturb(model)
+    enc_in, labels, feats, boxes = batch(tok)
+    out = model(enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, labels=labels, task="gqa")
+    # reference: the decoder run on [prompt; target embeddings] in one pass, logits of the target part
+    with torch.no_grad():
+        enc = model.encode(enc_in["input_ids"], enc_in["attention_mask"], feats, boxes)
+        with model.router.scope("gqa"):
+            prompt = model.peft["decoder_prompts"](2)
+        decoder = model.lm.get_decoder()
+        dec_ids = model.lm.prepare_decoder_input_ids_from_labels(labels=labels)
+        hidden = decoder(
+            inputs_embeds=torch.cat([prompt, decoder.embed_tokens(dec_ids)], 1),
+            encoder_hidden_states=enc.outputs.last_hidden_state,
+            encoder_attention_mask=enc.attention_mask,
+        ).last_hidden_state[:, 3:]
+        reference = model.lm.lm_head(hidden) + model.lm.final_logits_bias
+    torch.testing.assert_close(out.logits, reference, rtol=1e-5, atol=1e-5)
+    out.loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("peft.decoder_prompts.prompts.gqa.") for n in grads)
+    assert not any(n.startswith("peft.decoder_prompts.prompts.vqa.") for n in grads)
+
+
+def test_bart_decoder_prompts_generate_like_step_by_step_greedy(dirs):
+    _, model, tok = make_with(dirs, "bart", decoder_prompt_len=2, mid_dim=8, use_single_prompt=True)
+    model.eval()
+    perturb(model)
+    enc_in, _, feats, boxes = batch(tok)
+    plain = {"forced_bos_token_id": None, "forced_eos_token_id": None, "no_repeat_ngram_size": 0}
+    ids = model.generate(
+        enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, num_beams=1, max_length=5, **plain
+    )
+    assert ids.shape == (2, 5) and torch.all(ids[:, 0] == model.config.decoder_start_token_id)
+    current = ids[:, :1]
+    for _ in range(4):
+        logits = model(
+            enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, decoder_input_ids=current
+        ).logits
+        current = torch.cat([current, logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(ids, current)
+    beams = model.generate(
+        enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, num_beams=3, max_length=5
+    )
+    assert beams.shape[0] == 2 and beams.shape[1] <= 5
+
+
+def test_decoder_prompt_round_trip(dirs, tmp_path):
+    method = {"decoder_prompt_len": 2, "encoder_prompt_len": 2, "mid_dim": 8}
+    settings, model, tok = make_with(dirs, "bart", **method)
+    perturb(model)
+    model.eval()
+    enc_in, labels, feats, boxes = batch(tok)
+    want = model(
+        enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, labels=labels, task="vqa"
+    ).logits
+    path = api.save_checkpoint(model, tmp_path / "LAST", settings=settings)
+    _, fresh, _ = make_with(dirs, "bart", **method)
+    fresh.eval()
+    assert api.load_checkpoint(fresh, path, settings=settings).complete
+    got = fresh(enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, labels=labels, task="vqa").logits
+    assert torch.equal(got, want)

@@ -365,12 +365,14 @@ class VLModel(nn.Module):
                 obj_order_ids=obj_order_ids,
                 vis_attention_mask=vis_attention_mask,
             )
+            prefix = self.decoder_prompt_cache(enc)
             out = self.lm(
                 encoder_outputs=enc.outputs,
                 attention_mask=enc.attention_mask,
                 decoder_input_ids=decoder_input_ids,
-                use_cache=False,
+                use_cache=prefix is not None,
                 return_dict=True,
+                **({_cache_kwarg(self.lm): prefix} if prefix is not None else {}),
             )
         logits = out.logits
         loss = example_loss = None
@@ -398,6 +400,28 @@ class VLModel(nn.Module):
             example_loss=example_loss,
             encoder_last_hidden_state=enc.outputs.last_hidden_state,
         )
+
+    def decoder_prompt_cache(self, enc: Encoded):
+        """BART decoder prompts (spec §3.7): the prompt run once through the decoder, as a filled cache.
+
+        Real decoder tokens attend to the prompt's per-layer keys / values and their positions start at L.
+        None when the model has no decoder prompts.
+        """
+        prompts = (
+            self.peft["decoder_prompts"] if hasattr(self, "peft") and "decoder_prompts" in self.peft else None
+        )
+        if prompts is None:
+            return None
+        hidden = enc.outputs.last_hidden_state
+        decoder = self.lm.get_decoder()
+        out = decoder(
+            inputs_embeds=prompts(hidden.shape[0]).to(hidden.dtype),
+            encoder_hidden_states=hidden,
+            encoder_attention_mask=enc.attention_mask,
+            use_cache=True,
+            return_dict=True,
+        )
+        return out.cache if hasattr(out, "cache") else out.past_key_values
 
     def _z_penalty(self, like: torch.Tensor) -> torch.Tensor:
         """(1/K)·Σ_k mean(z_k²) over the K adapters that ran in this forward (``--track_z``); 0 when none did."""
@@ -464,13 +488,39 @@ class VLModel(nn.Module):
             config = self.generation_config(num_beams, max_length, **options)
             # transformers fills every unset field from the model's own generation_config: make that
             # ours too for the duration of the call, so nothing else can leak in.
+            extra: dict[str, Any] = {}
+            prefix = self.decoder_prompt_cache(enc)
+            if prefix is not None:
+                # The prompt's keys/values are an already-filled cache of L positions; generate() expects
+                # the ids of cached positions in front of the new ones, so L placeholders precede the start
+                # token (and are cut from the result). The cache is expanded for the beams here because
+                # generate() expands tensors only.
+                prefix.batch_repeat_interleave(config.num_beams)
+                length = prefix.get_seq_length()
+                start = torch.full(
+                    (input_ids.shape[0], length + 1),
+                    self.lm.config.decoder_start_token_id,
+                    dtype=torch.long,
+                    device=input_ids.device,
+                )
+                # the mask over [placeholders; start] tells generate() to feed only the uncached start token
+                extra = {
+                    _cache_kwarg(self.lm): prefix,
+                    "decoder_input_ids": start,
+                    "decoder_attention_mask": torch.ones_like(start),
+                }
+                config.max_length = config.max_length + length
             saved, self.lm.generation_config = self.lm.generation_config, config
             try:
-                return self.lm.generate(
-                    encoder_outputs=enc.outputs, attention_mask=enc.attention_mask, generation_config=config
+                ids = self.lm.generate(
+                    encoder_outputs=enc.outputs,
+                    attention_mask=enc.attention_mask,
+                    generation_config=config,
+                    **extra,
                 )
             finally:
                 self.lm.generation_config = saved
+            return ids if prefix is None else ids[:, length:]
 
     def answer_prefix(self) -> list[int]:
         """Decoder input before the first answer token: T5 [start]; BART [start, <s>] (targets begin with <s>)."""
@@ -509,6 +559,13 @@ class VLModel(nn.Module):
         )
         ids = torch.as_tensor(candidate_ids, device=out.logits.device)
         return out.logits[:, -1, ids]
+
+
+def _cache_kwarg(lm: nn.Module) -> str:
+    """transformers 5 renames ``past_key_values`` to ``cache``; use whichever this version's forward takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def _path_of(root: nn.Module, target: nn.Module) -> str:

@@ -57,8 +57,6 @@ def apply_peft(model: nn.Module, settings: Any) -> None:
             ln_before=s("add_layer_norm_before_adapter"),
             ln_after=s("add_layer_norm_after_adapter"),
         )
-    if s("decoder_prompt_len") > 0:
-        raise _not_yet("--decoder_prompt_len (decoder prompt tuning)")
     if s("use_vis_adapter"):
         raise _not_yet("--use_vis_adapter (visual adapters on the in-model CLIP encoder)")
 
@@ -112,6 +110,12 @@ def apply_peft(model: nn.Module, settings: Any) -> None:
     if s("encoder_prompt_len") > 0:
         registry["encoder_prompts"] = PromptController(
             s("encoder_prompt_len"), d, s("mid_dim"), tasks, s("use_single_prompt"), router
+        )
+    if s("decoder_prompt_len") > 0:
+        if family != "bart":  # rule R9 reports this for validated settings; this guards direct API use
+            raise ValueError("--decoder_prompt_len needs a BART backbone")
+        registry["decoder_prompts"] = PromptController(
+            s("decoder_prompt_len"), d, s("mid_dim"), tasks, s("use_single_prompt"), router
         )
     if s("use_lm_head_adapter"):
         head = lm.get_output_embeddings()
