@@ -1,0 +1,1 @@
+"""Data side: the data-root layout, feature stores, multitask sampling."""
