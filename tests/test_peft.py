@@ -364,3 +364,34 @@ def test_decoder_prompt_round_trip(dirs, tmp_path):
     assert api.load_checkpoint(fresh, path, settings=settings).complete
     got = fresh(enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, labels=labels, task="vqa").logits
     assert torch.equal(got, want)
+
+
+def test_methods_combine_on_one_model(dirs, tmp_path):
+    """Adapters + LoRA + encoder prompts + the LM-head adapter together (rule R11 allows it)."""
+    method = {
+        "use_adapter": True,
+        "reduction_factor": 4,
+        "use_lora": True,
+        "lora_dim": 2,
+        "encoder_prompt_len": 2,
+        "mid_dim": 8,
+        "use_lm_head_adapter": True,
+    }
+    settings, model, tok = make_with(dirs, "bart", **method)
+    groups = api.count_parameters(model)["groups"]
+    assert {"adapters", "LoRA", "prompts", "LM-head adapter"} <= set(groups)
+    perturb(model)
+    enc, labels, feats, boxes = batch(tok)
+    model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="vqa").loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for part in (".vl_adapter.", ".vl_lora.", "peft.encoder_prompts.", ".vl_parallel."):
+        assert any(part in n for n in got), part
+    model.eval()
+    want = model(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="gqa").logits
+    path = api.save_checkpoint(model, tmp_path / "BEST", settings=settings)
+    _, fresh, _ = make_with(dirs, "bart", **method)
+    fresh.eval()
+    assert api.load_checkpoint(fresh, path, settings=settings).complete
+    assert torch.equal(
+        fresh(enc["input_ids"], enc["attention_mask"], feats, boxes, labels=labels, task="gqa").logits, want
+    )

@@ -108,11 +108,18 @@ def load_checkpoint(
     from vlcli.model.checkpoint import load_checkpoint as _load
     from vlcli.model.checkpoint import read_manifest
     from vlcli.model.manifest import check_manifest
-    from vlcli.model.original import original_key_map
+    from vlcli.model.original import original_key_map, original_state_transform
 
     path = Path(path).expanduser()
     if path.suffix == PTH_SUFFIX:
-        return _load(model, path, strict=strict, allow_partial=allow_partial, key_map=original_key_map(model))
+        return _load(
+            model,
+            path,
+            strict=strict,
+            allow_partial=allow_partial,
+            key_map=original_key_map(model),
+            transform=original_state_transform(model),
+        )
     manifest = read_manifest(path) if path.is_file() else None
     if manifest is not None and not allow_partial:
         check_manifest(manifest, model, str(path), settings)

@@ -355,6 +355,7 @@ def load_checkpoint(
     strict: bool = True,
     allow_partial: bool = False,
     key_map: Callable[[str], str | None] | None = None,
+    transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> LoadReport:
     """Copy a checkpoint's tensors into ``model`` and report what matched.
 
@@ -376,6 +377,8 @@ def load_checkpoint(
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     state, manifest = _read_tensors(path)
     state = _rename(state, key_map, path)
+    if transform is not None:  # layout conversion after renaming (original Hyperformer task embeddings)
+        state = transform(state)
     if manifest is not None:
         for alias, kept in manifest.get("tied", {}).items():
             if kept in state and alias not in state:

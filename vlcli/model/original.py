@@ -72,27 +72,56 @@ TASK_EMBEDDINGS_KEY = "peft.hyperformer.task_embeddings.weight"
 
 # Adapter controllers: original prefix -> the vlcli Linear they attach to (``{0}``, ``{1}``... = groups).
 _T5_CONTROLLERS = (
-    (re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.0\.attn_adapter\."), "lm.{0}.block.{1}.layer.0.SelfAttention.o"),
-    (re.compile(r"decoder\.block\.(\d+)\.layer\.1\.enc_attn_adapter\."), "lm.decoder.block.{0}.layer.1.EncDecAttention.o"),
-    (re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.ff_adapter\."), "lm.{0}.block.{1}.layer.{2}.DenseReluDense.wo"),
+    (
+        re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.0\.attn_adapter\."),
+        "lm.{0}.block.{1}.layer.0.SelfAttention.o",
+    ),
+    (
+        re.compile(r"decoder\.block\.(\d+)\.layer\.1\.enc_attn_adapter\."),
+        "lm.decoder.block.{0}.layer.1.EncDecAttention.o",
+    ),
+    (
+        re.compile(r"(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.ff_adapter\."),
+        "lm.{0}.block.{1}.layer.{2}.DenseReluDense.wo",
+    ),
 )
 _BART_CONTROLLERS = (
-    (re.compile(r"model\.encoder\.layers\.(\d+)\.attn_adapter\."), "lm.model.encoder.layers.{0}.self_attn.out_proj"),
-    (re.compile(r"model\.decoder\.layers\.(\d+)\.self_attn_adapter\."), "lm.model.decoder.layers.{0}.self_attn.out_proj"),
-    (re.compile(r"model\.decoder\.layers\.(\d+)\.enc_attn_adapter\."), "lm.model.decoder.layers.{0}.encoder_attn.out_proj"),
+    (
+        re.compile(r"model\.encoder\.layers\.(\d+)\.attn_adapter\."),
+        "lm.model.encoder.layers.{0}.self_attn.out_proj",
+    ),
+    (
+        re.compile(r"model\.decoder\.layers\.(\d+)\.self_attn_adapter\."),
+        "lm.model.decoder.layers.{0}.self_attn.out_proj",
+    ),
+    (
+        re.compile(r"model\.decoder\.layers\.(\d+)\.enc_attn_adapter\."),
+        "lm.model.decoder.layers.{0}.encoder_attn.out_proj",
+    ),
     (re.compile(r"model\.(encoder|decoder)\.layers\.(\d+)\.ff_adapter\."), "lm.model.{0}.layers.{1}.fc2"),
 )
 # Parameter names of the original nn.Linear / PHMLinear / LowRankLinear -> vlcli's.
-_SAMPLER_PARAMS = {"weight": "weight", "bias": "bias", "phm_rule": "rule", "W": "w", "W_left": "w_left",
-                   "W_right": "w_right", "b": "bias"}
+_SAMPLER_PARAMS = {
+    "weight": "weight",
+    "bias": "bias",
+    "phm_rule": "rule",
+    "W": "w",
+    "W_left": "w_left",
+    "W_right": "w_right",
+    "b": "bias",
+}
 _ADAPTER = re.compile(r"adapters\.([^.]+)\.(down_sampler|up_sampler)\.(\w+)")
 _LN = re.compile(r"(pre|post)_layer_norm\.(weight|bias)")
 _LORA = re.compile(r"(.+\.(?:q_proj|v_proj|q|v))\.lora_(A|B)s\.([^.]+)")
 _PROMPT_PARTS = {"0": "embedding", "1": "mlp.0", "3": "mlp.2"}
 _PROMPT = re.compile(r"prompts\.([^.]+)\.prefix_embedding\.([013])\.(weight|bias)")
-_OUTPUT_ADAPTER = re.compile(r"output_adapter\.(?:adapter\.(down_sampler|up_sampler)|(pre_layer_norm|post_layer_norm))\.(weight|bias)")
+_OUTPUT_ADAPTER = re.compile(
+    r"output_adapter\.(?:adapter\.(down_sampler|up_sampler)|(pre_layer_norm|post_layer_norm))\.(weight|bias)"
+)
 _BLOCK = r"(?:(feed_forward|self_attention|cross_attention)_)?"
-_HYPER_SAMPLER = re.compile(_BLOCK + r"(up|down)_sampler_hyper_net\.(weight|bias)_generator\.0\.(weight|bias)")
+_HYPER_SAMPLER = re.compile(
+    _BLOCK + r"(up|down)_sampler_hyper_net\.(weight|bias)_generator\.0\.(weight|bias)"
+)
 _HYPER_LN = re.compile(_BLOCK + r"(pre|post)_layernorm_hypernet\.(weight|bias)_generator\.(weight|bias)")
 _HYPER_FIXED = {
     "layer_id_embeddings.weight": "layer_embeddings.weight",
@@ -184,7 +213,9 @@ def original_key_map(model: nn.Module) -> Callable[[str], str | None]:
             m = _PROMPT.fullmatch(key[len(stack_prefix + "encoder.prompt_modules.") :])
             if m:
                 task, part, param = m.groups()
-                return per_task(key, "peft.encoder_prompts.prompts.{}." + f"{_PROMPT_PARTS[part]}.{param}", task)
+                return per_task(
+                    key, "peft.encoder_prompts.prompts.{}." + f"{_PROMPT_PARTS[part]}.{param}", task
+                )
             return _UNMAPPED
         m = _OUTPUT_ADAPTER.fullmatch(key)
         if m:
@@ -218,7 +249,9 @@ def original_key_map(model: nn.Module) -> Callable[[str], str | None]:
     return key_map
 
 
-def original_state_transform(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+def original_state_transform(
+    model: nn.Module,
+) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """A function applied to a state dict renamed by :func:`original_key_map` (vlcli names), before loading.
 
     It stacks the original's per-task Hyperformer embeddings (``...task_embeddings.weight[T]``, one (512,)
