@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from vlcli.cli import render
 from vlcli.cli.common import AdapterOption, ProfileOption, TaskArgument, resolve_command, settings_options
@@ -64,16 +65,98 @@ def pretrain(
     _pending("pretrain", res, "pretraining")
 
 
+EVAL_PANEL = "Scoring a predictions file"
+_EVAL_FILE_TASKS = ("vqa", "caption")
+
+
 @settings_options
 def evaluate(
     task: Optional[str] = TaskArgument,
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", help="Score this predictions file (vqa: [{question_id, answer}]; "
+        "caption: [{image_id, caption}]) instead of a checkpoint.", rich_help_panel=EVAL_PANEL, show_default=False),
+    questions: Optional[Path] = typer.Option(
+        None, "--questions", help="VQA: official question file; its questions are the evaluated set "
+        "(default: every annotated question).", rich_help_panel=EVAL_PANEL, show_default=False),
+    annotations: Optional[Path] = typer.Option(
+        None, "--annotations", help="Official annotation file (VQA v2 annotations, or COCO captions).",
+        rich_help_panel=EVAL_PANEL, show_default=False),
+    vqa_eval_mode: Optional[str] = typer.Option(
+        None, "--vqa_eval_mode", "--vqa-eval-mode", metavar="vlt5|official",
+        help="VQA evaluator version: vlt5 (the 2017 one VL-T5/VL-Adapter report) or official (today's server). "
+        "[default: vlt5]", rich_help_panel=EVAL_PANEL, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object.",
+                                 rich_help_panel=EVAL_PANEL),
     profile: Optional[list[str]] = ProfileOption,
     adapter: Optional[str] = AdapterOption,
     overrides: Any = None,
 ) -> None:
-    """Evaluate a checkpoint on a split (`vlcli eval --test_only --load snap/run`); tasks come from the run when omitted."""
-    res = _validated("eval", task, profile, adapter, overrides)
-    _pending("eval", res, "evaluation")
+    """Evaluate a checkpoint on a split (`vlcli eval --test_only --load snap/run`), or score a predictions file
+    (`vlcli eval vqa --predictions results.json --annotations A.json`)."""
+    from vlcli.metrics.vqa import DEFAULT_MODE, MODES
+
+    if vqa_eval_mode is not None and vqa_eval_mode not in MODES:
+        raise VlcliError(f"--vqa_eval_mode {vqa_eval_mode}: use one of {', '.join(MODES)}")
+    if predictions is None:
+        res = _validated("eval", task, profile, adapter, overrides)
+        _pending("eval", res, "evaluation")
+        return
+    result = _score_predictions_file(task, predictions, questions, annotations, vqa_eval_mode or DEFAULT_MODE)
+    ignored = [f"--{k}" for k in overrides or {}] + (["--profile"] if profile else []) + (["--adapter"] if adapter else [])
+    if ignored:
+        render.err.print(f"[bold yellow]warning:[/] {', '.join(ignored)} ignored when scoring a predictions file")
+    if as_json:
+        render.print_json(result)
+    else:
+        _render_eval_result(result)
+
+
+def _score_predictions_file(task: Optional[str], predictions: Path, questions: Optional[Path],
+                            annotations: Optional[Path], mode: str) -> dict[str, Any]:
+    """Check the options of `eval --predictions` and score the files (metrics dict, as JSON-ready values)."""
+    from vlcli.metrics.files import score_caption_files, score_vqa_files
+
+    if task not in _EVAL_FILE_TASKS:
+        got = f" (got {task})" if task else ""
+        raise VlcliError(f"`vlcli eval --predictions` scores a file for TASK vqa or caption{got}; "
+                         "e.g. `vlcli eval vqa --predictions results.json --annotations A.json`")
+    if annotations is None:
+        raise VlcliError(f"`vlcli eval {task} --predictions` needs --annotations "
+                         + ("(the official VQA v2 annotation file)" if task == "vqa" else "(a COCO caption file)"))
+    if task == "vqa":
+        return score_vqa_files(predictions, annotations, questions, mode)
+    if questions is not None:
+        raise VlcliError("--questions is for `vlcli eval vqa`; caption scoring reads only --annotations")
+    return score_caption_files(predictions, annotations)
+
+
+def _render_eval_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    if result["task"] == "vqa":
+        table = Table(title="VQA accuracy", title_justify="left",
+                      caption=f"{result['mode']} evaluator, {result['questions']:,} questions", caption_justify="left")
+        table.add_column("answer type", style="cyan")
+        table.add_column("accuracy", justify="right")
+        table.add_row("[bold]overall[/]", f"[bold]{result['overall']:.2f}[/]")
+        for name, value in sorted(result["perAnswerType"].items()):
+            table.add_row(escape(name), f"{value:.2f}")
+        per_q = Table(title="Per question type", title_justify="left")
+        per_q.add_column("question type", style="cyan")
+        per_q.add_column("accuracy", justify="right")
+        for name, value in sorted(result["perQuestionType"].items()):
+            per_q.add_row(escape(name), f"{value:.2f}")
+        render.out.print(table)
+        render.out.print(per_q)
+        return
+    table = Table(title="COCO caption metrics", title_justify="left", caption=f"{result['images']:,} images",
+                  caption_justify="left")
+    table.add_column("metric", style="cyan")
+    table.add_column("score", justify="right")
+    for name, value in result.items():
+        if name not in ("task", "images"):
+            table.add_row(name, f"{value:.4f}")
+    render.out.print(table)
 
 
 @settings_options

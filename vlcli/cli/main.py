@@ -10,6 +10,7 @@ from vlcli import __version__
 from vlcli.cli import render
 from vlcli.cli.argv import normalize
 from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, submit
+from vlcli.cli.convert import convert
 from vlcli.cli.inspect_config import inspect_config
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
 
@@ -44,8 +45,9 @@ app.command("pretrain")(pretrain)
 app.command("finetune")(finetune)
 app.command("eval")(evaluate)
 app.command("submit")(submit)
+app.command("convert")(convert)
 
-COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit")
+COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert")
 
 
 def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:
