@@ -9,13 +9,23 @@ A store maps an image id (the original's file stems, e.g. ``COCO_val2014_0000003
 
 Datasets only use this interface, so one store may route ids to several files (e.g. COCO train2014 /
 val2014 / test2015) and tests or the demo world can use :class:`ArrayStore`.
+
+On disk: :class:`BUTDStore` reads the original per-image-set BUTD h5 (spec §2.1), :class:`CLIPStore`
+the original one-h5-per-image CLIP folders (§2.2), :class:`ConsolidatedStore` vlcli's single-file
+format (written by :func:`write_consolidated`); :class:`RoutedStore` puts several behind one. Which
+files a task reads is :mod:`vlcli.data.layout`'s business.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 
 from vlcli.errors import VlcliError
@@ -73,3 +83,423 @@ class ArrayStore(FeatureStore):
 
     def ids(self) -> Iterable[str]:
         return iter(self._items)
+
+
+# --------------------------------------------------------------------------------------------------
+# h5 stores (spec data-and-eval §2.1, §2.2) and vlcli's consolidated format.
+#
+# h5py handles must not cross a fork: a DataLoader worker that inherits the parent's open handle
+# reads through a shared HDF5 library state and can return garbage or crash. Each store therefore
+# opens its file on the first ``get`` in the current process (remembering the pid) and drops the
+# handle when pickled, so workers started by fork or spawn each open their own.
+
+BOX_TOLERANCE = 1e-5
+"""BUTD boxes divided by the image size must lie within [-tol, 1 + tol] before clamping (spec §2.4)."""
+
+CONSOLIDATED_FORMAT = "vlcli-consolidated-v1"
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    """Stored float16 (CLIP on GPU) or float32 -> float32, always a fresh C-contiguous array."""
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _missing_file_message(path: Path, hint: str | None) -> str:
+    fix = hint or "check data_root and the path overrides (docs/data.md)"
+    return f"{path}: feature file not found; fix: {fix}"
+
+
+class _LazyH5:
+    """An h5 file opened read-only on first use in each process and never pickled."""
+
+    def __init__(self, path: str | os.PathLike[str], hint: str | None = None):
+        self.path = Path(path)
+        self.hint = hint
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def file(self) -> Any:
+        """The open ``h5py.File`` of this process (re-opened after a fork)."""
+        pid = os.getpid()
+        if self._file is None or self._pid != pid:
+            # After a fork the inherited handle belongs to the parent: forget it without closing
+            # it here (closing would go through the shared library state we want to avoid).
+            self._file = None
+            if not self.path.is_file():
+                raise FeatureError(_missing_file_message(self.path, self.hint))
+            try:
+                self._file = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise FeatureError(f"{self.path}: not a readable HDF5 file ({exc}); fix: re-create or re-download it") from None
+            self._pid = pid
+        return self._file
+
+    def close(self) -> None:
+        """Close the handle if this process opened it."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+        self._pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "hint": self.hint}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self.hint = state["hint"]
+        self._file = None
+        self._pid = None
+
+
+class _H5Store(FeatureStore):
+    """Shared parts of the single-file stores: lazy handle, feat_dim check, pickling."""
+
+    def __init__(self, path: str | os.PathLike[str], feat_dim: int | None = None, hint: str | None = None):
+        self._h5 = _LazyH5(path, hint)
+        self._expected_dim = feat_dim
+
+    @property
+    def path(self) -> Path:
+        return self._h5.path
+
+    @property
+    def feat_dim(self) -> int:  # type: ignore[override]
+        """The expected width if given, else the width of the first stored image (opens the file)."""
+        if self._expected_dim is not None:
+            return self._expected_dim
+        first = next(iter(self.ids()), None)
+        if first is None:
+            raise FeatureError(f"{self.path}: the feature file holds no images; fix: re-create it")
+        self._expected_dim = int(self.get(first)[0].shape[1])
+        return self._expected_dim
+
+    def _check_features(self, image_id: str, feats: np.ndarray) -> None:
+        if feats.ndim != 2:
+            raise FeatureError(f"{self.path}: features of image {image_id!r} must be (N, feat_dim); got shape {feats.shape}")
+        if self._expected_dim is not None and feats.shape[1] != self._expected_dim:
+            raise FeatureError(
+                f"{self.path}: features of image {image_id!r} are {feats.shape[1]} wide, expected {self._expected_dim}; "
+                "fix: set feature_type / feat_dim to match the file, or point the path at the right features"
+            )
+
+    def _no_image(self, image_id: str) -> FeatureError:
+        return FeatureError(
+            f"{self.path}: no features for image {image_id!r}; fix: use the feature file of the image set this id "
+            "belongs to (docs/data.md) or re-extract it"
+        )
+
+    def close(self) -> None:
+        """Close this process's handle (it re-opens on the next ``get``)."""
+        self._h5.close()
+
+
+class BUTDStore(_H5Store):
+    """The original BUTD region features: one h5 per image set, one group per image id (spec §2.1).
+
+    Boxes are stored in pixels; ``get`` divides x by ``img_w`` and y by ``img_h``, checks the result
+    lies within [-1e-5, 1 + 1e-5] and clamps it to [0, 1] (spec §2.4). With ``n_boxes`` only the
+    first ``n_boxes`` regions are returned; asking for more than are stored is an error.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        n_boxes: int | None = None,
+        feat_dim: int | None = None,
+        hint: str | None = None,
+    ):
+        super().__init__(path, feat_dim, hint)
+        if n_boxes is not None and n_boxes < 1:
+            raise FeatureError(f"n_boxes must be >= 1 to read {self.path}; got {n_boxes}")
+        self.n_boxes = n_boxes
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        f = self._h5.file()
+        try:
+            group = f[image_id]
+        except KeyError:
+            raise self._no_image(image_id) from None
+        try:
+            feats_ds, boxes_ds = group["features"], group["boxes"]
+            img_h, img_w = float(group["img_h"][()]), float(group["img_w"][()])
+        except KeyError as exc:
+            raise FeatureError(
+                f"{self.path}: image {image_id!r} lacks {exc.args[0] if exc.args else 'a dataset'} "
+                "(a BUTD group needs features, boxes, img_h, img_w); fix: re-convert the file"
+            ) from None
+        stored = feats_ds.shape[0]
+        n = stored if self.n_boxes is None else self.n_boxes
+        if n > stored:
+            raise FeatureError(
+                f"{self.path}: image {image_id!r} has {stored} boxes but n_boxes is {n}; fix: set n_boxes <= {stored}"
+            )
+        feats = _as_float32(feats_ds[:n])
+        self._check_features(image_id, feats)
+        boxes = np.array(boxes_ds[:n], dtype=np.float64)
+        if boxes.shape != (n, 4):
+            raise FeatureError(f"{self.path}: boxes of image {image_id!r} must be ({n}, 4); got {boxes.shape}")
+        if not (img_w > 0 and img_h > 0):
+            raise FeatureError(f"{self.path}: image {image_id!r} has size {img_w}x{img_h}; fix: re-convert the file")
+        boxes[:, (0, 2)] /= img_w
+        boxes[:, (1, 3)] /= img_h
+        inside = (boxes >= -BOX_TOLERANCE) & (boxes <= 1 + BOX_TOLERANCE)
+        if not inside.all():
+            row, col = np.argwhere(~inside)[0]
+            raise FeatureError(
+                f"{self.path}: box {row} of image {image_id!r} lies outside the {img_w:g}x{img_h:g} image "
+                f"(normalised coordinate {col} = {boxes[row, col]:.6g}); fix: re-convert the file with the right img_w/img_h"
+            )
+        np.clip(boxes, 0.0, 1.0, out=boxes)
+        return feats, boxes.astype(np.float32)
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and image_id in self._h5.file()
+
+    def ids(self) -> Iterable[str]:
+        return list(self._h5.file().keys())
+
+
+class CLIPStore(FeatureStore):
+    """The original CLIP grid features: one h5 per image, ``{directory}/{image_id}.h5`` (spec §2.2).
+
+    Inside, group ``{image_id}`` holds dataset ``features`` (H*W, C) (a top-level ``features``
+    dataset is read too). Boxes are all zeros. Each ``get`` opens and closes its own small file, so
+    there is no handle to share across processes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], feat_dim: int | None = None, hint: str | None = None):
+        self.directory = Path(directory)
+        self.hint = hint
+        self._expected_dim = feat_dim
+
+    @property
+    def feat_dim(self) -> int:  # type: ignore[override]
+        if self._expected_dim is not None:
+            return self._expected_dim
+        first = next(iter(self.ids()), None)
+        if first is None:
+            raise FeatureError(f"{self.directory}: no CLIP feature files (*.h5); fix: {self.hint or 'run vlcli extract-features'}")
+        self._expected_dim = int(self.get(first)[0].shape[1])
+        return self._expected_dim
+
+    def _file_of(self, image_id: str) -> Path:
+        return self.directory / f"{image_id}.h5"
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        path = self._file_of(image_id)
+        if not path.is_file():
+            if not self.directory.is_dir():
+                raise FeatureError(
+                    f"{self.directory}: CLIP feature folder not found; fix: {self.hint or 'run vlcli extract-features'}"
+                )
+            raise FeatureError(
+                f"{path}: no CLIP features for image {image_id!r}; fix: extract features for this image "
+                f"({self.hint or 'vlcli extract-features'})"
+            )
+        try:
+            with h5py.File(path, "r") as f:
+                node = f[image_id]["features"] if image_id in f else f["features"]
+                feats = _as_float32(node[()])
+        except KeyError:
+            raise FeatureError(f"{path}: no dataset {image_id}/features; fix: re-extract this image") from None
+        except OSError as exc:
+            raise FeatureError(f"{path}: not a readable HDF5 file ({exc}); fix: re-extract this image") from None
+        if feats.ndim != 2:
+            raise FeatureError(f"{path}: features must be (H*W, C); got shape {feats.shape}")
+        if self._expected_dim is not None and feats.shape[1] != self._expected_dim:
+            raise FeatureError(
+                f"{path}: features are {feats.shape[1]} wide, expected {self._expected_dim}; "
+                "fix: set feature_type to the backbone the features were extracted with"
+            )
+        return feats, np.zeros((feats.shape[0], 4), np.float32)
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and self._file_of(image_id).is_file()
+
+    def ids(self) -> Iterable[str]:
+        if not self.directory.is_dir():
+            raise FeatureError(f"{self.directory}: CLIP feature folder not found; fix: {self.hint or 'run vlcli extract-features'}")
+        return sorted(p.stem for p in self.directory.glob("*.h5"))
+
+
+class ConsolidatedStore(_H5Store):
+    """vlcli's single-file format: group ``features`` with one dataset per image id, optional group
+    ``boxes`` with normalised (N, 4) boxes per image id (zeros where absent).
+
+    One open file instead of one per image: much faster for CLIP grids. Written by
+    :func:`write_consolidated`; features keep their stored dtype and are returned as float32.
+    """
+
+    def _groups(self) -> tuple[Any, Any]:
+        f = self._h5.file()
+        if f.attrs.get("format") != CONSOLIDATED_FORMAT or "features" not in f:
+            raise FeatureError(
+                f"{self.path}: not a vlcli consolidated feature file; fix: write it with write_consolidated "
+                "(original BUTD files are read by BUTDStore)"
+            )
+        return f["features"], f.get("boxes")
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        feats_group, boxes_group = self._groups()
+        try:
+            feats = _as_float32(feats_group[image_id][()])
+        except KeyError:
+            raise self._no_image(image_id) from None
+        self._check_features(image_id, feats)
+        if boxes_group is not None and image_id in boxes_group:
+            boxes = _as_float32(boxes_group[image_id][()])
+            if boxes.shape != (feats.shape[0], 4):
+                raise FeatureError(f"{self.path}: boxes of image {image_id!r} must be ({feats.shape[0]}, 4); got {boxes.shape}")
+        else:
+            boxes = np.zeros((feats.shape[0], 4), np.float32)
+        return feats, boxes
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and image_id in self._groups()[0]
+
+    def ids(self) -> Iterable[str]:
+        return list(self._groups()[0].keys())
+
+
+FeatureItem = np.ndarray | tuple[np.ndarray, np.ndarray | None]
+
+
+def write_consolidated(
+    path: str | os.PathLike[str],
+    items: Mapping[str, FeatureItem] | Iterable[tuple[str, FeatureItem]],
+    dtype: np.dtype | type | str | None = None,
+) -> int:
+    """Write ``{image_id: features or (features, boxes)}`` to one consolidated h5; returns the count.
+
+    The file is written to a temporary name beside ``path`` and moved into place with
+    :func:`os.replace`, so readers never see a half-written file. ``dtype`` (e.g. ``float16``)
+    converts the features; by default they keep their own dtype. Boxes are stored as float32 and
+    must already be normalised to [0, 1].
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pairs = items.items() if isinstance(items, Mapping) else items
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    count = 0
+    width: int | None = None
+    try:
+        with h5py.File(tmp_name, "w") as f:
+            f.attrs["format"] = CONSOLIDATED_FORMAT
+            feats_group = f.create_group("features")
+            boxes_group = None
+            for image_id, value in pairs:
+                key = str(image_id)
+                feats, boxes = value if isinstance(value, tuple) else (value, None)
+                feats = np.asarray(feats)
+                if dtype is not None:
+                    feats = feats.astype(dtype)
+                if feats.ndim != 2:
+                    raise FeatureError(f"{target}: features of image {key!r} must be (N, feat_dim); got shape {feats.shape}")
+                if width is not None and feats.shape[1] != width:
+                    raise FeatureError(f"{target}: image {key!r} has features {feats.shape[1]} wide, the others {width}")
+                width = feats.shape[1]
+                if "/" in key or key in feats_group:
+                    raise FeatureError(f"{target}: image id {key!r} is repeated or contains '/'")
+                feats_group.create_dataset(key, data=feats)
+                if boxes is not None:
+                    boxes = np.asarray(boxes, np.float32)
+                    if boxes.shape != (feats.shape[0], 4):
+                        raise FeatureError(f"{target}: boxes of image {key!r} must be ({feats.shape[0]}, 4); got {boxes.shape}")
+                    if boxes_group is None:
+                        boxes_group = f.create_group("boxes")
+                    boxes_group.create_dataset(key, data=boxes)
+                count += 1
+            if width is not None:
+                f.attrs["feat_dim"] = width
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return count
+
+
+class SubstringRoute:
+    """Route an image id to the key of the first ``(substring, key)`` rule it contains, else ``default``.
+
+    A plain class (not a lambda) so a routed store pickles into DataLoader workers.
+    """
+
+    def __init__(self, rules: Iterable[tuple[str, str]], default: str | None = None):
+        self.rules = tuple((str(s), str(k)) for s, k in rules)
+        self.default = default
+
+    def __call__(self, image_id: str) -> str | None:
+        for substring, key in self.rules:
+            if substring in image_id:
+                return key
+        return self.default
+
+    def __repr__(self) -> str:
+        return f"SubstringRoute({list(self.rules)!r}, default={self.default!r})"
+
+
+class RoutedStore(FeatureStore):
+    """Several stores behind one: ``route(image_id)`` names the store to read.
+
+    E.g. VQA's COCO ids go to ``train2014`` / ``val2014`` / ``test2015`` files by substring. With
+    ``route=None`` the first store (in the given order) that holds the id is used — for splits whose
+    files are chosen by split rather than by id (GQA ``train,valid`` + ``testdev``, NLVR2).
+    """
+
+    def __init__(self, stores: Mapping[str, FeatureStore], route: Callable[[str], str | None] | None = None):
+        if not stores:
+            raise FeatureError("a routed feature store needs at least one store")
+        self.stores = dict(stores)
+        self.route = route
+
+    @property
+    def feat_dim(self) -> int:  # type: ignore[override]
+        return next(iter(self.stores.values())).feat_dim
+
+    def store_for(self, image_id: str) -> FeatureStore:
+        """The store that serves ``image_id``; FeatureError if no rule or store matches."""
+        if self.route is None:
+            for store in self.stores.values():
+                if image_id in store:
+                    return store
+            raise FeatureError(
+                f"no features for image {image_id!r} in any of {', '.join(_describe(s) for s in self.stores.values())}; "
+                "fix: check the split's feature files (docs/data.md)"
+            )
+        key = self.route(image_id)
+        if key is None or key not in self.stores:
+            raise FeatureError(
+                f"image id {image_id!r} matches no feature source (known: {', '.join(self.stores)}); "
+                "fix: check the image ids of the annotation file or the path overrides"
+            )
+        return self.stores[key]
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.store_for(image_id).get(image_id)
+
+    def __contains__(self, image_id: object) -> bool:
+        if not isinstance(image_id, str):
+            return False
+        if self.route is None:
+            return any(image_id in s for s in self.stores.values())
+        key = self.route(image_id)
+        return key in self.stores and image_id in self.stores[key]
+
+    def ids(self) -> Iterable[str]:
+        seen: set[str] = set()
+        for store in self.stores.values():
+            for image_id in store.ids():
+                if image_id not in seen:
+                    seen.add(image_id)
+                    yield image_id
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+
+
+def _describe(store: FeatureStore) -> str:
+    return str(getattr(store, "path", None) or getattr(store, "directory", None) or type(store).__name__)

@@ -1,0 +1,363 @@
+"""The data-root layout (spec data-and-eval §0.1, §1.1–1.4, §2.3) as data.
+
+For a task (vqa, gqa, nlvr, caption), a split (comma-separated names allowed) and a ``feature_type``
+this module says which annotation files are read and which feature files or folders serve which
+image ids, all relative to ``data_root`` (default ``datasets``) so the released bundle drops in
+unchanged. Every path has a *logical name* (``coco.butd.train2014``, ``vqa.questions``, ...) that a
+``overrides`` mapping can point elsewhere; docs/data.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vlcli.data.features import (
+    BUTDStore,
+    CLIPStore,
+    ConsolidatedStore,
+    FeatureError,
+    FeatureStore,
+    RoutedStore,
+    SubstringRoute,
+)
+
+TASKS: tuple[str, ...] = ("vqa", "gqa", "nlvr", "caption")
+
+CLIP_FEAT_DIM: dict[str, int] = {"RN50": 2048, "RN101": 2048, "RN50x4": 2560, "ViT": 768}
+"""Precomputed CLIP grid features: ``feature_type`` -> channel width (spec §2.3)."""
+
+RAW_FEATURE_TYPES: tuple[str, ...] = ("raw_RN50", "raw_RN101", "raw_RN50x4", "raw_ViT")
+
+FEATURE_TYPES: tuple[str, ...] = ("butd", *CLIP_FEAT_DIM, *RAW_FEATURE_TYPES)
+
+DEFAULT_PATHS: dict[str, str] = {
+    # annotations
+    "vqa.questions": "vqa/{split}.json",
+    "vqa.answers.train2014": "vqa/v2_mscoco_train2014_annotations.json",
+    "vqa.answers.val2014": "vqa/v2_mscoco_val2014_annotations.json",
+    "gqa.questions": "GQA/{split}.json",
+    "nlvr.annotations": "nlvr/{split}.json",
+    "caption.annotations": "COCO/dataset_coco.json",
+    # BUTD region features: one h5 per image set
+    "coco.butd.train2014": "COCO/features/train2014_obj36.h5",
+    "coco.butd.val2014": "COCO/features/val2014_obj36.h5",
+    "coco.butd.test2015": "COCO/features/test2015_obj36.h5",
+    "vg.butd": "VG/features/vg_gqa_obj36.h5",
+    "gqa.butd.testdev": "GQA/features/gqa_testdev_obj36.h5",
+    "nlvr.butd": "nlvr/features/{split}_obj36.h5",
+    # CLIP grid features: one folder of per-image h5 files (or a consolidated .h5 file)
+    "coco.clip": "COCO/clip_features/data_clip_{type}_att",
+    "vg.clip": "VG/clip_features/data_clip_{type}_att",
+    "gqa.clip": "GQA/clip_features/data_clip_{type}_att",
+    "nlvr.clip": "nlvr/clip_features/data_clip_{type}_att",
+    # raw images (raw_* feature types; also the input of `vlcli extract-features`)
+    "coco.images.train2014": "COCO/images/train2014",
+    "coco.images.val2014": "COCO/images/val2014",
+    "coco.images.test2015": "COCO/images/test2015",
+    "vg.images": "VG/VG_100K",
+    "gqa.images": "GQA/images",
+    "nlvr.images": "nlvr/images",
+}
+"""Logical name -> path template relative to ``data_root``. ``{split}`` is one split name and
+``{type}`` the CLIP ``feature_type``; an override may use the same placeholders or an absolute path."""
+
+BUNDLE_HINT = "download the released VL-Adapter data bundle and unpack it under data_root"
+
+Kind = Literal["annotation", "butd", "clip", "images"]
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """One file or folder a run reads: its logical name, resolved path, kind and the steps that create it."""
+
+    name: str
+    path: Path
+    kind: Kind
+    steps: tuple[str, ...]
+
+    @property
+    def creates(self) -> str:
+        """The steps as one line: ``vlcli`` commands joined with ``&&``, then any other step."""
+        commands = [s for s in self.steps if s.startswith("vlcli ")]
+        notes = [s for s in self.steps if not s.startswith("vlcli ")]
+        return "; then ".join(x for x in (" && ".join(commands), *notes) if x)
+
+    def merged(self, other: DataPath) -> DataPath:
+        """This path with ``other``'s steps added (the same CLIP folder needed by several splits)."""
+        steps = self.steps + tuple(s for s in other.steps if s not in self.steps)
+        return DataPath(self.name, self.path, self.kind, steps)
+
+
+@dataclass(frozen=True)
+class TaskLayout:
+    """What one task + split + feature_type reads.
+
+    ``features`` maps a source key (``train2014``, ``vg``, ``testdev``, ...) to its file or folder;
+    ``route`` picks the key from an image id (None: the first source holding the id).
+    """
+
+    task: str
+    split: str
+    feature_type: str
+    annotations: tuple[DataPath, ...]
+    features: dict[str, DataPath] = field(default_factory=dict)
+    route: SubstringRoute | None = None
+    feat_dim: int | None = None
+
+    def paths(self) -> list[DataPath]:
+        """Every file or folder of this layout, annotations first, without repeats."""
+        return merge_paths((*self.annotations, *self.features.values()))
+
+
+def merge_paths(items: Iterable[DataPath]) -> list[DataPath]:
+    """``items`` in order without repeated paths; a repeated path keeps the union of the steps."""
+    out: dict[Path, DataPath] = {}
+    for item in items:
+        out[item.path] = out[item.path].merged(item) if item.path in out else item
+    return list(out.values())
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    """``settings.get(name)`` for the pydantic Settings (or a plain dict), ``default`` when unset."""
+    try:
+        value = settings.get(name)
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def _splits(split: str) -> list[str]:
+    names = [s.strip() for s in str(split).split(",") if s.strip()]
+    if not names:
+        raise FeatureError(f"empty split name {split!r}; fix: name a split such as train, valid or test")
+    return names
+
+
+class _Resolver:
+    """Turns logical names into paths under ``data_root`` with the overrides applied."""
+
+    def __init__(self, data_root: str | os.PathLike[str], feature_type: str, overrides: Mapping[str, str] | None):
+        self.root = Path(data_root)
+        self.feature_type = feature_type
+        self.overrides = dict(overrides or {})
+        unknown = sorted(set(self.overrides) - set(DEFAULT_PATHS))
+        if unknown:
+            raise FeatureError(
+                f"unknown data path name(s) {', '.join(unknown)}; fix: use one of the logical names in docs/data.md "
+                f"({', '.join(sorted(DEFAULT_PATHS))})"
+            )
+
+    def path(self, name: str, split: str = "") -> Path:
+        template = str(self.overrides.get(name, DEFAULT_PATHS[name]))
+        try:
+            text = template.format(split=split, type=self.feature_type)
+        except (KeyError, IndexError, ValueError):
+            raise FeatureError(
+                f"data path {name} = {template!r}: only the placeholders {{split}} and {{type}} are allowed"
+            ) from None
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def annotation(self, name: str, split: str = "") -> DataPath:
+        return DataPath(name, self.path(name, split), "annotation", (BUNDLE_HINT,))
+
+    def butd(self, name: str, split: str = "") -> DataPath:
+        return DataPath(name, self.path(name, split), "butd", ("download the released feature bundle (BUTD *_obj36.h5) into data_root",))
+
+    def clip(self, name: str, image_names: tuple[str, ...]) -> DataPath:
+        out = self.path(name)
+        # `vlcli extract-features --out DIR` writes DIR/data_clip_{type}_att/{image}.h5 (spec §3.4).
+        out_dir = out.parent
+        steps = tuple(
+            f"vlcli extract-features --feature_type {self.feature_type} --images {self.path(img)} --out {out_dir}"
+            for img in image_names
+        )
+        if out.name != f"data_clip_{self.feature_type}_att":
+            steps += (f"point {name} at {out_dir / f'data_clip_{self.feature_type}_att'}, the folder the command writes",)
+        return DataPath(name, out, "clip", steps)
+
+    def images(self, name: str) -> DataPath:
+        return DataPath(name, self.path(name), "images", (f"download the raw images of {name} and unpack them there",))
+
+
+# COCO image sets a VQA split reads (by id substring); unknown splits are assumed to mix train/val.
+_VQA_SETS: dict[str, tuple[str, ...]] = {
+    "train": ("train2014",),
+    "karpathy_train": ("train2014", "val2014"),
+    "karpathy_val": ("val2014",),
+    "karpathy_test": ("val2014",),
+    "minival": ("val2014",),
+    "nominival": ("val2014",),
+    "val": ("val2014",),
+}
+_COCO_ROUTE_RULES = (("train2014", "train2014"), ("val2014", "val2014"), ("test2015", "test2015"))
+
+
+def _vqa_sets(split: str) -> tuple[str, ...]:
+    if split == "vg_qa_full":
+        return ("vg",)
+    if split.startswith("test"):  # test, test-dev, test_4, ...
+        return ("test2015",)
+    return _VQA_SETS.get(split, ("train2014", "val2014"))
+
+
+def _gqa_source(split: str, clip: bool) -> str:
+    if split in ("train", "valid"):
+        return "vg"
+    if split == "testdev":
+        return "testdev"
+    if split.startswith("submit"):
+        # The original reads GQA's submit images from the VG BUTD file but from GQA's CLIP folder (spec §1.2).
+        return "testdev" if clip else "vg"
+    raise FeatureError(f"unknown GQA split {split!r}; fix: use train, valid, testdev or submit")
+
+
+def task_layout(
+    task: str,
+    split: str,
+    feature_type: str = "butd",
+    data_root: str | os.PathLike[str] = "datasets",
+    overrides: Mapping[str, str] | None = None,
+    feat_dim: int | None = None,
+) -> TaskLayout:
+    """The annotation files and feature sources of ``task`` on ``split`` (comma-separated names allowed).
+
+    For ``raw_*`` feature types ``features`` lists the raw image folders (kind ``images``).
+    """
+    if task not in TASKS:
+        raise FeatureError(f"unknown task {task!r} for the data layout; fix: use one of {', '.join(TASKS)}")
+    if feature_type not in FEATURE_TYPES:
+        raise FeatureError(f"unknown feature_type {feature_type!r}; fix: use one of {', '.join(FEATURE_TYPES)}")
+    r = _Resolver(data_root, feature_type, overrides)
+    names = _splits(split)
+    raw = feature_type in RAW_FEATURE_TYPES
+    clip = feature_type in CLIP_FEAT_DIM
+    dim = CLIP_FEAT_DIM[feature_type] if clip else feat_dim
+
+    annotations: list[DataPath] = []
+    features: dict[str, DataPath] = {}
+    route: SubstringRoute | None = None
+
+    if task == "vqa":
+        sets: list[str] = []
+        for s in names:
+            annotations.append(r.annotation("vqa.questions", s))
+            sets += [x for x in _vqa_sets(s) if x not in sets]
+        # The official answers are the ground truth of every evaluated split (spec §1.1).
+        if any(not s.startswith("test") and s != "vg_qa_full" for s in names):
+            annotations += [r.annotation("vqa.answers.train2014"), r.annotation("vqa.answers.val2014")]
+        coco_sets = tuple(x for x in sets if x != "vg")
+        if raw:
+            for x in coco_sets:
+                features[x] = r.images(f"coco.images.{x}")
+        elif clip:
+            if coco_sets:
+                features["coco"] = r.clip("coco.clip", tuple(f"coco.images.{x}" for x in coco_sets))
+        else:
+            for x in coco_sets:
+                features[x] = r.butd(f"coco.butd.{x}")
+        if "vg" in sets:
+            features["vg"] = r.images("vg.images") if raw else r.clip("vg.clip", ("vg.images",)) if clip else r.butd("vg.butd")
+        if clip:
+            route = SubstringRoute([("COCO_", "coco")], default="vg")
+        else:
+            route = SubstringRoute([rule for rule in _COCO_ROUTE_RULES if rule[1] in features], default="vg")
+
+    elif task == "gqa":
+        for s in names:
+            annotations.append(r.annotation("gqa.questions", s))
+            source = _gqa_source(s, clip)
+            if source in features:
+                continue
+            if raw:
+                features[source] = r.images("vg.images" if source == "vg" else "gqa.images")
+            elif clip:
+                features[source] = r.clip(f"{'vg' if source == 'vg' else 'gqa'}.clip", ("vg.images" if source == "vg" else "gqa.images",))
+            else:
+                features[source] = r.butd("vg.butd" if source == "vg" else "gqa.butd.testdev")
+        # GQA and VG ids do not say which set they come from: the first source holding the id serves it.
+
+    elif task == "nlvr":
+        for s in names:
+            annotations.append(r.annotation("nlvr.annotations", s))
+            if raw:
+                features.setdefault("images", r.images("nlvr.images"))
+            elif clip:
+                features.setdefault("clip", r.clip("nlvr.clip", ("nlvr.images",)))
+            else:
+                features[s] = r.butd("nlvr.butd", s)
+
+    else:  # caption: Karpathy splits of COCO train2014 + val2014 images, routed by id substring
+        for s in names:
+            if s.rsplit("_", 1)[-1] not in ("train", "val", "test", "restval"):
+                raise FeatureError(
+                    f"unknown caption split {s!r}; fix: use karpathy_train, karpathy_val or karpathy_test"
+                )
+        annotations.append(r.annotation("caption.annotations"))
+        coco_sets = ("train2014", "val2014")
+        if raw:
+            for x in coco_sets:
+                features[x] = r.images(f"coco.images.{x}")
+        elif clip:
+            features["coco"] = r.clip("coco.clip", tuple(f"coco.images.{x}" for x in coco_sets))
+        else:
+            for x in coco_sets:
+                features[x] = r.butd(f"coco.butd.{x}")
+        route = SubstringRoute(_COCO_ROUTE_RULES[:2])
+
+    # One annotation per split name, no repeats (e.g. caption's single Karpathy file).
+    unique: dict[Path, DataPath] = {}
+    for a in annotations:
+        unique.setdefault(a.path, a)
+    return TaskLayout(task, ",".join(names), feature_type, tuple(unique.values()), features, route, dim)
+
+
+def layout_for(settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None) -> TaskLayout:
+    """:func:`task_layout` with ``data_root``, ``feature_type`` and ``feat_dim`` taken from the settings."""
+    feature_type = str(_setting(settings, "feature_type", "butd"))
+    return task_layout(
+        task,
+        split,
+        feature_type,
+        _setting(settings, "data_root", "datasets"),
+        overrides,
+        feat_dim=int(_setting(settings, "feat_dim", 2048)) if feature_type == "butd" else None,
+    )
+
+
+def _open(item: DataPath, n_boxes: int | None, feat_dim: int | None) -> FeatureStore:
+    if item.kind == "butd":
+        return BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
+    if item.kind == "clip":
+        # A CLIP path that names an .h5 file is a consolidated store (vlcli's single-file format).
+        if item.path.suffix == ".h5":
+            return ConsolidatedStore(item.path, feat_dim=feat_dim, hint=item.creates)
+        return CLIPStore(item.path, feat_dim=feat_dim, hint=item.creates)
+    raise FeatureError(f"{item.path}: {item.name} is not a feature store")  # pragma: no cover - guarded by callers
+
+
+def open_features(
+    settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None
+) -> FeatureStore:
+    """The feature store of ``task`` on ``split`` for the settings' ``feature_type`` (files open lazily).
+
+    BUTD files keep the first ``n_boxes`` regions (``max_n_boxes`` for captioning); CLIP grids are
+    returned whole (token reduction happens in the model). ``raw_*`` types have no store.
+    """
+    layout = layout_for(settings, task, split, overrides)
+    if layout.feature_type in RAW_FEATURE_TYPES:
+        raise FeatureError(
+            f"feature_type {layout.feature_type} reads raw images through the raw-image path, not a feature store; "
+            "fix: use the raw-image dataset, or set feature_type to butd/RN50/RN101/RN50x4/ViT for precomputed features"
+        )
+    n_boxes = None
+    if layout.feature_type == "butd":
+        n_boxes = int(_setting(settings, "max_n_boxes" if task == "caption" else "n_boxes", 36))
+    stores = {key: _open(item, n_boxes, layout.feat_dim) for key, item in layout.features.items()}
+    if len(stores) == 1:
+        return next(iter(stores.values()))
+    return RoutedStore(stores, layout.route)
