@@ -37,7 +37,7 @@ def test_original_defaults():
     assert isinstance(s.model.feat_dim, int) and s.model.feat_dim == 2048 and s.model.pos_dim == 4
     assert s.peft.reduction_factor == 16 and s.peft.lora_dim == 4 and s.peft.lora_alpha == 32
     assert s.dataset.max_text_length == 20 and s.dataset.prompt == "vqa: " and s.inference.gen_max_length == 20
-    assert s.multitask.tasks == [] and s.multitask.multitask_sampling == "roundrobin"
+    assert s.multitask.tasks == [] and s.multitask.multitask_sampling == "proportional"  # = the original roundrobin
     assert s.train.load is None and s.train.valid_batch_size is None
 
 

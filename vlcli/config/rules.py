@@ -33,7 +33,7 @@ ADAPTER_TYPES = ("use_adapter", "use_hyperformer", "use_compacter", "use_lradapt
 PER_TASK_ADAPTER_TYPES = ("use_adapter", "use_compacter", "use_lradapter")
 OPTIMIZERS = ("adamw", "adam", "rms", "adamax", "sgd")
 ADAM_OPTIMIZERS = ("adamw", "adam", "adamax")
-SAMPLINGS = ("roundrobin", "proportional", "balanced")
+SAMPLINGS = ("proportional", "roundrobin", "balanced")
 PREFIXES = ("span", "denoise", "mask")
 PRETRAIN_LOSSES = ("lm", "qa", "itm", "ground_caption", "refer", "caption")
 CLS_TASKS = ("tinyimagenet",)
@@ -597,6 +597,9 @@ def _r35(c: RuleContext):
 def _r36(c: RuleContext):
     if c.v("multitask_sampling") not in SAMPLINGS:
         yield E("R36", f"--multitask_sampling {c.v('multitask_sampling')!r} must be one of {', '.join(SAMPLINGS)}.", "multitask_sampling")
+    elif c.v("multitask_sampling") == "roundrobin" and c.changed("multitask_sampling"):
+        yield W("R36", "--multitask_sampling roundrobin alternates tasks strictly; the original's 'roundrobin' "
+                "(size-proportional interleaving) is 'proportional'.", "multitask_sampling")
 
 
 @rule("R37")

@@ -206,7 +206,9 @@ class MultitaskSettings(Section):
     """Task list and task interleaving."""
 
     tasks: TaskList = F([], "Tasks of the run (comma list); keys of every per-task module.")
-    multitask_sampling: str = F("roundrobin", "Task interleaving: roundrobin (= size-proportional) or balanced.")
+    multitask_sampling: str = F(
+        "proportional", "Task interleaving: proportional (the original's 'roundrobin'), roundrobin or balanced."
+    )
     testing: Bool = F(False, "Multitask: also predict the VQA test-dev and GQA submit splits.")
 
 

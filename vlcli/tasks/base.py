@@ -1,0 +1,486 @@
+"""What every task shares: the example record, the torch dataset, collate, prediction and submission files.
+
+A task module (``vqa``, ``gqa``, ``nlvr``, ``caption``) reads the original annotation files into
+:class:`Example` records; :class:`TaskDataset` turns them into token ids plus visual features on every
+read (re-sampling the target where a record has several), and :meth:`Task.collate` pads them into a
+batch whose keys match :class:`vlcli.model.vl.VLModel`'s arguments (:meth:`Task.model_inputs`).
+Per-task prompts, batch sizes and lengths come from ``settings.derived.per_task[task]``
+(:func:`vlcli.config.derive.derive`); they are never recomputed here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vlcli.errors import VlcliError
+
+if TYPE_CHECKING:
+    from vlcli.config.settings import Settings, TaskRun
+    from vlcli.data.features import FeatureStore
+    from vlcli.model.tokenizer import VLTokenizer
+    from vlcli.model.vl import VLModel
+
+IGNORE_INDEX = -100
+ROLES = ("train", "valid", "test", "submit")
+
+
+class TaskDataError(VlcliError):
+    """An annotation file is missing, unreadable or not in the task's original format."""
+
+
+class SubmissionError(VlcliError):
+    """Predictions do not cover the split exactly once, or the submission cannot be written."""
+
+
+class UnknownTaskError(VlcliError):
+    """A task name no module implements."""
+
+
+@dataclass
+class Example:
+    """One model input built from an annotation record.
+
+    ``targets`` are the candidate target texts of a training example; one is drawn per read with
+    probability ``probs`` (uniform when None) and carries the loss weight ``weights[i]`` (1.0 when None).
+    ``image_ids`` has one id (two for NLVR2, in img0, img1 order).
+    """
+
+    id: Hashable
+    image_ids: tuple[str, ...]
+    text: str
+    targets: list[str] = field(default_factory=list)
+    probs: list[float] | None = None
+    weights: list[float] | None = None
+
+
+# ------------------------------------------------------------------------------- file helpers
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parse the JSON annotation file ``path``; TaskDataError naming the file and the fix otherwise."""
+    if not path.is_file():
+        raise TaskDataError(f"{path}: {what} not found; put it there or set --data_root to the folder holding it")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TaskDataError(f"{path}: cannot read {what} ({exc}); restore the original file") from exc
+
+
+def require(record: Mapping[str, Any], keys: Sequence[str], path: Path, index: int) -> None:
+    """TaskDataError unless ``record`` (entry ``index`` of ``path``) is a dict holding every key."""
+    if not isinstance(record, Mapping):
+        raise TaskDataError(f"{path}: entry {index} is a {type(record).__name__}, not an object; use the original file")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise TaskDataError(
+            f"{path}: entry {index} has no {', '.join(repr(k) for k in missing)}; use the original annotation format"
+        )
+
+
+def select_topk(items: list[Any], topk: int | float | None, seed: int) -> list[Any]:
+    """``train_topk`` / ``valid_topk``: int N = the first N, float in (0, 1] = a seeded fraction, <= 0 = all.
+
+    The fraction keeps ``int(topk * len)`` items chosen by ``random.Random(seed)`` in file order.
+    """
+    if topk is None or topk <= 0:
+        return items
+    if isinstance(topk, float):
+        if topk >= 1.0:
+            return items
+        keep = sorted(random.Random(seed).sample(range(len(items)), int(topk * len(items))))
+        return [items[i] for i in keep]
+    return items[: int(topk)]
+
+
+def split_names(split: str) -> list[str]:
+    """``"train,valid"`` -> ``["train", "valid"]`` (the original's comma-separated split lists)."""
+    names = [s.strip() for s in split.split(",") if s.strip()]
+    if not names:
+        raise TaskDataError(f"split {split!r}: no split name; give e.g. --train train")
+    return names
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+class TaskDataset(Dataset):
+    """Examples of one task split as model inputs; items are dicts collated by :meth:`Task.collate`.
+
+    ``rng`` draws the target of multi-target training examples on every read (VQA answers ∝ score);
+    :meth:`reseed` gives DataLoader workers their own stream (see :func:`seed_worker`).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        split: str,
+        examples: list[Example],
+        tokenizer: VLTokenizer,
+        store: FeatureStore,
+        *,
+        train: bool,
+        max_text_length: int | None,
+        target_max_length: int | None,
+        rng: np.random.Generator,
+        references: dict[Hashable, Any] | None = None,
+    ):
+        self.task = task
+        self.split = split
+        self.examples = examples
+        self.tokenizer = tokenizer
+        self.store = store
+        self.train = train
+        self.max_text_length = max_text_length
+        self.target_max_length = target_max_length
+        self.rng = rng
+        self.references: dict[Hashable, Any] = references if references is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def ids(self) -> list[Hashable]:
+        """Example ids in dataset order (question ids, NLVR2 identifiers, COCO image ids)."""
+        return [ex.id for ex in self.examples]
+
+    def reseed(self, seed: int) -> None:
+        """Restart the target-sampling stream from ``seed``."""
+        self.rng = np.random.default_rng(seed)
+
+    def choose_target(self, ex: Example) -> tuple[str, float]:
+        """The target text of this read and its loss weight ("" with weight 0 when there is none)."""
+        if not ex.targets:
+            return "", 0.0
+        i = 0
+        if len(ex.targets) > 1:
+            p = None if ex.probs is None else np.asarray(ex.probs, dtype=np.float64)
+            i = int(self.rng.choice(len(ex.targets), p=p))
+        weight = 1.0 if ex.weights is None else float(ex.weights[i])
+        return ex.targets[i], weight
+
+    def visual(self, ex: Example) -> tuple[np.ndarray, np.ndarray]:
+        """Features (N, F) and boxes (N, 4), or (I, N, F) / (I, N, 4) for several images."""
+        pairs = [self.store.get(image_id) for image_id in ex.image_ids]
+        if len(pairs) == 1:
+            return pairs[0]
+        n = max(f.shape[0] for f, _ in pairs)
+        if any(f.shape[0] != n for f, _ in pairs):
+            feats, boxes, _ = pad_visual([f for f, _ in pairs], [b for _, b in pairs])
+            return feats, boxes
+        return np.stack([f for f, _ in pairs]), np.stack([b for _, b in pairs])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        feats, boxes = self.visual(ex)
+        item: dict[str, Any] = {
+            "id": ex.id,
+            "input_ids": self.tokenizer.encode(ex.text, self.max_text_length),
+            "feats": feats,
+            "boxes": boxes,
+            "target": None,
+            "target_ids": None,
+            "weight": 1.0,
+        }
+        if self.train:
+            target, weight = self.choose_target(ex)
+            item["target"] = target
+            item["target_ids"] = self.tokenizer.encode(target, self.target_max_length)
+            item["weight"] = weight
+        return item
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """``collate_fn`` for a DataLoader over this dataset."""
+        return self.task.collate(items, self.tokenizer.pad_token_id)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's dataset copy its own sampling stream."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and isinstance(info.dataset, TaskDataset):
+        info.dataset.reseed(int(info.seed % 2**32) + worker_id)
+
+
+def pad_visual(
+    feats: Sequence[np.ndarray], boxes: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stack arrays whose second-to-last axis (tokens) differs, zero-padded; also return the token mask."""
+    n = max(f.shape[-2] for f in feats)
+    lead = feats[0].shape[:-2]
+    out_f = np.zeros((len(feats), *lead, n, feats[0].shape[-1]), np.float32)
+    out_b = np.zeros((len(feats), *lead, n, 4), np.float32)
+    mask = np.zeros((len(feats), *lead, n), np.int64)
+    for i, (f, b) in enumerate(zip(feats, boxes, strict=True)):
+        out_f[i, ..., : f.shape[-2], :] = f
+        out_b[i, ..., : b.shape[-2], :] = b
+        mask[i, ..., : f.shape[-2]] = 1
+    return out_f, out_b, mask
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """(B, max len) LongTensor of ``seqs`` right-padded with ``value``."""
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out
+
+
+# --------------------------------------------------------------------------------------- task
+
+
+class Task:
+    """One task: how to read its splits, batch them, predict, and write the leaderboard file.
+
+    Subclasses set the class attributes and implement :meth:`load_examples`, :meth:`write_rows` and,
+    where prediction is not free generation, :meth:`predict`.
+    """
+
+    name: str = ""
+    # Default split of each role (the original's multitask splits, spec data-and-eval §7).
+    splits: dict[str, str] = {}
+    # "example": per-example mean token loss (times the weight); "token": mean over all target tokens.
+    loss_reduction: str = "example"
+    # Whether the sampled target's score multiplies the example loss (VQA).
+    weighted: bool = False
+    # Whether --num_beams applies to this task's generation (rule R41: captioning only).
+    uses_beams: bool = False
+    # Default file name of the leaderboard file (spec data-and-eval §5).
+    submission_file: str = "submit.json"
+
+    # ----------------------------------------------------------------------------- datasets
+
+    def run(self, settings: Settings) -> TaskRun:
+        """This task's derived values (batch sizes, lengths, prompt)."""
+        derived = settings.derived
+        if derived is None or self.name not in derived.per_task:
+            raise UnknownTaskError(
+                f"task {self.name!r} is not part of this run's tasks; add it with --tasks or run `finetune {self.name}`"
+            )
+        return derived.per_task[self.name]
+
+    def input_length(self, settings: Settings) -> int | None:
+        """Maximum input length in tokens (None = no truncation)."""
+        return self.run(settings).max_text_length
+
+    def target_length(self, settings: Settings) -> int | None:
+        """Maximum target length in tokens (None = no truncation)."""
+        return None
+
+    def load_examples(
+        self, settings: Settings, split: str, *, train: bool
+    ) -> tuple[list[Example], dict[Hashable, Any]]:
+        """Examples of one split name (in file order) and the references for evaluation, by id."""
+        raise NotImplementedError
+
+    def role_of(self, split: str, train: bool) -> str:
+        """``train`` / ``valid`` / ``test``: which topk setting applies to ``split``."""
+        if train:
+            return "train"
+        return "valid" if split == self.splits.get("valid") else "test"
+
+    def build_dataset(
+        self,
+        settings: Settings,
+        split: str,
+        tokenizer: VLTokenizer,
+        store: FeatureStore,
+        *,
+        train: bool,
+        role: str | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> TaskDataset:
+        """The dataset of ``split`` (comma-separated names are concatenated in order).
+
+        ``train`` draws targets on every read and returns labels. ``role`` picks the subset option:
+        ``train`` -> ``train_topk``, ``valid`` -> ``valid_topk``, ``test``/``submit`` -> all (a
+        leaderboard file must cover the whole split); default from ``train`` and the task's splits.
+        ``rng`` drives target sampling (default: seeded with ``--seed``).
+        """
+        role = role or self.role_of(split, train)
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}; got {role!r}")
+        examples: list[Example] = []
+        references: dict[Hashable, Any] = {}
+        for name in split_names(split):
+            exs, refs = self.load_examples(settings, name, train=train)
+            examples.extend(exs)
+            references.update(refs)
+        seed = settings.train.seed
+        topk = {"train": settings.train.train_topk, "valid": settings.train.valid_topk}.get(role)
+        examples = select_topk(examples, topk, seed)
+        if not train and topk is not None and topk > 0:
+            kept = {ex.id for ex in examples}
+            references = {k: v for k, v in references.items() if k in kept}
+        return TaskDataset(
+            self,
+            split,
+            examples,
+            tokenizer,
+            store,
+            train=train,
+            max_text_length=self.input_length(settings),
+            target_max_length=self.target_length(settings),
+            rng=rng if rng is not None else np.random.default_rng(seed),
+            references=references,
+        )
+
+    def data_path(self, settings: Settings, *parts: str) -> Path:
+        """``<data_root>/<parts...>`` (the original's relative layout, spec data-and-eval §0.1)."""
+        return Path(settings.dataset.data_root).expanduser().joinpath(*parts)
+
+    def input_text(self, settings: Settings, sent: str) -> str:
+        """``{prompt}{sent}{post_prompt}`` with this task's prompt."""
+        return f"{self.run(settings).prompt}{sent}{settings.dataset.post_prompt}"
+
+    # ------------------------------------------------------------------------------ batches
+
+    def collate(self, items: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+        """Pad text to the batch maximum; stack visual inputs; labels padded with -100.
+
+        Keys: ``task``, ``ids``, ``input_ids``, ``attention_mask``, ``vis_feats`` ((B, N, F) or
+        (B, I, N, F)), ``vis_pos``, ``vis_attention_mask`` (only when token counts differ),
+        and for training items ``labels``, ``targets`` and (weighted tasks) ``loss_weights``.
+        """
+        if not items:
+            raise ValueError("collate needs at least one item")
+        input_ids = pad_ids([it["input_ids"] for it in items], pad_token_id)
+        lengths = torch.tensor([len(it["input_ids"]) for it in items])
+        batch: dict[str, Any] = {
+            "task": self.name,
+            "ids": [it["id"] for it in items],
+            "input_ids": input_ids,
+            "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
+        }
+        feats = [np.asarray(it["feats"], np.float32) for it in items]
+        boxes = [np.asarray(it["boxes"], np.float32) for it in items]
+        if len({f.shape for f in feats}) == 1:
+            batch["vis_feats"] = torch.from_numpy(np.stack(feats))
+            batch["vis_pos"] = torch.from_numpy(np.stack(boxes))
+        else:
+            f, b, mask = pad_visual(feats, boxes)
+            batch["vis_feats"], batch["vis_pos"] = torch.from_numpy(f), torch.from_numpy(b)
+            batch["vis_attention_mask"] = torch.from_numpy(mask)
+        if all(it["target_ids"] is not None for it in items):
+            batch["labels"] = pad_ids([it["target_ids"] for it in items], IGNORE_INDEX)
+            batch["targets"] = [it["target"] for it in items]
+            if self.weighted:
+                batch["loss_weights"] = torch.tensor([it["weight"] for it in items], dtype=torch.float32)
+        return batch
+
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of ``VLModel.forward`` for a training batch."""
+        out = {k: batch[k] for k in ("input_ids", "attention_mask", "vis_feats", "vis_pos") if k in batch}
+        for key in ("labels", "loss_weights", "vis_attention_mask"):
+            if key in batch:
+                out[key] = batch[key]
+        out["task"] = self.name
+        out["loss_reduction"] = self.loss_reduction
+        return out
+
+    # --------------------------------------------------------------------------- prediction
+
+    def num_beams(self, settings: Settings) -> int:
+        """Beam size of this task's generation (``--num_beams`` for captioning, greedy otherwise; R41)."""
+        return settings.inference.num_beams if self.uses_beams else 1
+
+    def predict(
+        self, model: VLModel, batch: Mapping[str, Any], settings: Settings, tokenizer: VLTokenizer
+    ) -> dict[Hashable, str]:
+        """``{id: answer}`` by free generation up to the task's ``gen_max_length``, special tokens skipped."""
+        visual = {"vis_attention_mask": batch["vis_attention_mask"]} if "vis_attention_mask" in batch else {}
+        ids = model.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["vis_feats"],
+            batch["vis_pos"],
+            task=self.name,
+            num_beams=self.num_beams(settings),
+            max_length=self.run(settings).gen_max_length,
+            **visual,
+        )
+        return {i: tokenizer.decode(row, skip_special_tokens=True) for i, row in zip(batch["ids"], ids, strict=True)}
+
+    # --------------------------------------------------------------------------- submission
+
+    def write_rows(self, rows: list[tuple[Hashable, Any]], path: Path) -> None:
+        """Write ``(id, prediction)`` rows, already checked and in split order, to ``path``."""
+        raise NotImplementedError
+
+    def write_submission(
+        self,
+        predictions: Mapping[Hashable, Any] | Iterable[tuple[Hashable, Any]],
+        split_examples: TaskDataset | Iterable[Hashable],
+        path: str | Path,
+    ) -> int:
+        """Check that every id of the split is predicted exactly once, then write the official format.
+
+        ``predictions``: ``{id: answer}`` or ``(id, answer)`` pairs (e.g. gathered from several ranks);
+        ``split_examples``: the split's dataset or its ids. The file is written atomically (temporary
+        file + ``os.replace``) in split order; returns the number of rows.
+        """
+        pairs = list(predictions.items()) if isinstance(predictions, Mapping) else list(predictions)
+        split_ids = split_examples.ids if isinstance(split_examples, TaskDataset) else list(split_examples)
+        path = Path(path)
+        check_coverage(pairs, split_ids, path, self.name)
+        by_id = dict(pairs)
+        rows = [(i, by_id[i]) for i in split_ids]
+        atomic_write(path, lambda tmp: self.write_rows(rows, tmp))
+        return len(rows)
+
+
+def check_coverage(pairs: list[tuple[Hashable, Any]], split_ids: list[Hashable], path: Path, task: str) -> None:
+    """SubmissionError unless each split id has exactly one prediction and no other id has one."""
+    wanted = set(split_ids)
+    counts = Counter(i for i, _ in pairs)
+    missing = [i for i in split_ids if i not in counts]
+    extra = [i for i in counts if i not in wanted]
+    twice = [i for i, n in counts.items() if n > 1]
+    if not (missing or extra or twice):
+        return
+    parts = []
+    for label, ids in (("missing", missing), ("not in the split", extra), ("predicted more than once", twice)):
+        if ids:
+            shown = ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+            parts.append(f"{len(ids)} {label} ({shown})")
+    raise SubmissionError(
+        f"{path}: not written: predictions for {task} do not cover the split's {len(wanted)} ids exactly once: "
+        f"{'; '.join(parts)}; predict the whole split (without valid_topk) and pass its ids"
+    )
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it over ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SubmissionError(f"{path}: cannot write ({exc.strerror or exc}); choose a writable --output") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SubmissionError(f"{path}: cannot write ({exc.strerror or exc}); choose a writable --output") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_rows(path: Path, objects: list[dict[str, Any]]) -> None:
+    """A JSON list, UTF-8, one object per line (any valid JSON is accepted by the servers)."""
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write("[\n" + ",\n".join(json.dumps(o, ensure_ascii=False) for o in objects) + "\n]\n")
