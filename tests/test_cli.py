@@ -132,9 +132,15 @@ def test_missing_value(cli):
 
 
 def test_valid_command_reports_pending_work(cli):
-    r = cli("finetune", "vqa", "--adapter", "lora")
+    r = cli("pretrain")
     assert r.code == 3
     assert "configuration valid" in r.err and "Traceback" not in r.err
+
+
+def test_finetune_without_data_names_the_missing_files(cli, tmp_path):
+    r = cli("finetune", "vqa", "--adapter", "lora", "--data_root", str(tmp_path / "datasets"))
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "vqa/karpathy_train.json" in r.err and "vlcli convert vqa" in r.err
 
 
 def test_finetune_needs_a_task(cli):
@@ -161,9 +167,9 @@ def test_eval_takes_tasks_and_settings_from_run_directory(cli, tmp_path):
     r = cli("inspect-config", "--json", "--load", str(run))
     data = json.loads(r.out)
     assert data["derived"]["tasks"] == [] and data["derived"]["load_path"] == str(run / "BEST.safetensors")
-    r = cli("eval", "--test_only", "--load", str(run))
-    assert r.code == 3, r.err  # valid: tasks from the run's config.json
-    assert "tasks: vqa,gqa" in r.err
+    r = cli("eval", "--test_only", "--load", str(run), "--data_root", str(tmp_path / "datasets"))
+    assert r.code == 2, r.err  # valid: tasks from the run's config.json; then the data preflight
+    assert "vqa/karpathy_test.json" in r.err and "GQA/submit.json" in r.err
 
 
 def test_eval_missing_checkpoint_lists_candidates(cli, tmp_path):

@@ -91,11 +91,11 @@ def test_eval_vqa_bad_files(cli, vqa_files, tmp_path):
     one_error(cli("eval", "gqa", "--predictions", str(res), "--annotations", str(ann)), "vqa or caption")
 
 
-def test_eval_without_predictions_keeps_pending_behaviour(cli):
+def test_eval_without_predictions_needs_a_checkpoint(cli):
     r = cli("eval", "vqa")
-    assert r.code == 3 and "not yet" in r.err
+    assert r.code == 2 and "needs --load" in r.err
     r = cli("eval", "vqa", "--vqa_eval_mode", "official")
-    assert r.code == 3
+    assert r.code == 2
     r = cli("eval", "vqa", "--test_only")
     assert r.code == 2 and "[R33]" in r.err
 

@@ -1,7 +1,8 @@
-"""`finetune`, `pretrain`, `eval`, `submit`, `extract-features`: parse and validate the full configuration.
+"""`finetune`, `pretrain`, `eval`, `submit`, `extract-features`: validate the full configuration, then run.
 
-Their work (model, tasks, trainer, extractor) is added by later versions; until then each command
-validates everything it is given, reports warnings, and stops with a clear message (exit code 3).
+`finetune`, `eval` and `submit` run the engine (`vlcli/cli/training.py`) for the implemented tasks;
+`pretrain`, `extract-features` and the tasks of later versions validate everything they are given,
+report warnings and stop with a clear message (exit code 3).
 """
 
 from pathlib import Path
@@ -36,6 +37,15 @@ def _pending(command: str, res: Resolution, what: str) -> None:
     )
 
 
+def _check_tasks_supported(command: str, res: Resolution) -> None:
+    """Exit 3 for tasks whose data side is not part of this version (RefCOCOg, VCR, cls)."""
+    from vlcli.tasks import TASKS
+
+    missing = [t for t in res.settings.derived.tasks if t not in TASKS]
+    if missing:
+        _pending(command, res, f"the {', '.join(missing)} task{'s' if len(missing) > 1 else ''}")
+
+
 def _version() -> str:
     from vlcli import __version__
 
@@ -51,7 +61,10 @@ def finetune(
 ) -> None:
     """Fine-tune on one task (`vlcli finetune vqa`) or a mix (`vlcli finetune multitask --tasks vqa,gqa`)."""
     res = _validated("finetune", task, profile, adapter, overrides)
-    _pending("finetune", res, "training")
+    _check_tasks_supported("finetune", res)
+    from vlcli.cli.training import run_finetune
+
+    run_finetune(res.settings)
 
 
 @settings_options
@@ -99,7 +112,12 @@ def evaluate(
         raise VlcliError(f"--vqa_eval_mode {vqa_eval_mode}: use one of {', '.join(MODES)}")
     if predictions is None:
         res = _validated("eval", task, profile, adapter, overrides)
-        _pending("eval", res, "evaluation")
+        if res.settings.derived.load_path is None:
+            raise VlcliError("`vlcli eval` needs --load <checkpoint or run directory> (or --predictions FILE)")
+        _check_tasks_supported("eval", res)
+        from vlcli.cli.training import run_eval
+
+        run_eval(res.settings)
         return
     result = _score_predictions_file(task, predictions, questions, annotations, vqa_eval_mode or DEFAULT_MODE)
     ignored = [f"--{k}" for k in overrides or {}] + (["--profile"] if profile else []) + (["--adapter"] if adapter else [])
@@ -170,7 +188,10 @@ def submit(
     res = _validated("submit", task, profile, adapter, overrides)
     if res.settings is not None and res.settings.train.load is None:
         raise VlcliError("`vlcli submit` needs --load <checkpoint or run directory>")
-    _pending("submit", res, "writing submissions")
+    _check_tasks_supported("submit", res)
+    from vlcli.cli.training import run_submit
+
+    run_submit(res.settings)
 
 
 @settings_options

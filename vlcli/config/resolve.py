@@ -32,7 +32,7 @@ TASK_SOURCE = "cli:TASK"
 CHECKPOINT_COMMANDS = ("eval", "submit")
 # Keys of a saved run config that describe how that run was started, not what it is.
 RUN_LAYER_EXCLUDE = frozenset(
-    {"load", "from_scratch", "test_only", "dry", "submit", "deepspeed", "local_rank", "allow_partial_load"}
+    {"load", "from_scratch", "test_only", "dry", "submit", "deepspeed", "local_rank", "allow_partial_load", "resume"}
 )
 
 

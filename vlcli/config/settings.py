@@ -74,6 +74,7 @@ class TrainSettings(Section):
     deepspeed: OptStr = F(None, "Path to a DeepSpeed JSON config (through accelerate; needs deepspeed installed).")
     save_full: Bool = F(False, "Save every weight in checkpoints instead of only the trained ones.")
     allow_partial_load: Bool = F(False, "Load a --load checkpoint whose keys do not all match; list what was skipped.")
+    resume: Bool = F(False, "Continue the interrupted run in --output from LAST (weights, optimiser, schedule, RNG, position).")
 
 
 class DatasetSettings(Section):

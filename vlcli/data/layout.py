@@ -163,7 +163,9 @@ class _Resolver:
         return p if p.is_absolute() else self.root / p
 
     def annotation(self, name: str, split: str = "") -> DataPath:
-        return DataPath(name, self.path(name, split), "annotation", (BUNDLE_HINT,))
+        dataset = name.split(".", 1)[0]  # vqa / gqa / nlvr / caption: `vlcli convert` makes them
+        convert = f"or run `vlcli convert {dataset} --data <official download folder>`"
+        return DataPath(name, self.path(name, split), "annotation", (f"{BUNDLE_HINT} {convert}",))
 
     def butd(self, name: str, split: str = "") -> DataPath:
         return DataPath(name, self.path(name, split), "butd", ("download the released feature bundle (BUTD *_obj36.h5) into data_root",))

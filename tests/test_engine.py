@@ -1,0 +1,104 @@
+"""The training engine end to end on a tiny data root: finetune, eval, submit, resume, NaN, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import make_backbone_dir
+from tests.world import FEATURE_TYPE, make_world
+from vlcli import api
+from vlcli.train.engine import Engine, Interrupted, TrainingError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return {"data": make_world(root / "datasets"), "t5": make_backbone_dir(root / "t5", "t5"),
+            "bart": make_backbone_dir(root / "bart", "bart")}
+
+
+def common(world, family="bart"):
+    return ["--backbone", str(world[family]), "--data_root", str(world["data"]), "--feature_type", FEATURE_TYPE,
+            "--batch_size", "4", "--downsample", "false", "--num_workers", "0"]
+
+
+@pytest.mark.parametrize("profile", ["single_adapter", "single_lora"])
+def test_multitask_finetune_then_eval_reproduces_the_test_metrics(cli, world, tmp_path, profile):
+    run = tmp_path / "run"
+    res = cli("finetune", "multitask", "--tasks", "vqa,gqa,nlvr,caption", "--profile", profile, *common(world),
+              "--output", str(run), "--epochs", "2", "--submit")
+    assert res.code == 0, res.err
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.jsonl", "BEST.safetensors", "BEST.json", "LAST.safetensors", "LAST.state.pt",
+            "curves.png", "test_metrics.json", "vqa_karpathy_test_predictions.json", "nlvr_submit.csv"} <= names
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert {"valid/vqa", "valid/gqa", "valid/nlvr", "valid/caption"} <= set(records[0])
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert "Run" in res.out and "trainable parameters" in res.out
+    # `eval --test_only --load RUN` rebuilds the model from the run's config.json and BEST
+    res = cli("eval", "--test_only", "--load", str(run))
+    assert res.code == 0, res.err
+    again = json.loads((run / "eval_metrics.json").read_text())
+    for task in ("vqa", "nlvr", "caption"):
+        assert again[f"test/{task}"] == pytest.approx(test[f"test/{task}"], abs=1e-6)
+    # `submit --load RUN` writes the leaderboard files, every id once
+    res = cli("submit", "--load", str(run))
+    assert res.code == 0, res.err
+    rows = json.loads((run / "vqa_submit.json").read_text())
+    assert sorted(r["question_id"] for r in rows) == [3000, 3001, 3002, 3003]
+
+
+def engine_settings(world, out, **extra):
+    return api.load_settings(task="vqa", backbone=str(world["t5"]), data_root=str(world["data"]),
+                             feature_type=FEATURE_TYPE, batch_size=4, output=str(out), epochs=2, use_adapter=True,
+                             reduction_factor=4, lr=3e-3, **extra)
+
+
+def test_resume_after_an_interruption_ends_with_the_same_weights(world, tmp_path):
+    Engine(engine_settings(world, tmp_path / "full")).fit()
+    with pytest.raises(Interrupted, match="--resume"):
+        Engine(engine_settings(world, tmp_path / "cut")).fit(stop_after_steps=4)  # mid epoch 2 (3 steps/epoch)
+    state = torch.load(tmp_path / "cut" / "LAST.state.pt", weights_only=False)
+    assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 1, 4)
+    Engine(engine_settings(world, tmp_path / "cut", resume=True)).fit(resume=True)
+    full = load_file(str(tmp_path / "full" / "LAST.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "LAST.safetensors"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+
+
+def test_interrupt_saves_last_and_its_state(world, tmp_path, cli):
+    with pytest.raises(Interrupted) as err:
+        Engine(engine_settings(world, tmp_path / "run")).fit(stop_after_steps=1)
+    assert err.value.exit_code == 130
+    assert (tmp_path / "run" / "LAST.safetensors").is_file() and (tmp_path / "run" / "LAST.state.pt").is_file()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(world, tmp_path):
+    import shutil
+
+    data = tmp_path / "datasets"
+    shutil.copytree(world["data"], data)
+    bad = data / "COCO/clip_features/data_clip_RN50_att/COCO_train2014_000000000001.h5"
+    with h5py.File(bad, "r+") as f:
+        f["features"][0, 0] = np.nan
+    settings = api.load_settings(task="vqa", backbone=str(world["t5"]), data_root=str(data), feature_type=FEATURE_TYPE,
+                                 batch_size=4, output=str(tmp_path / "run"), epochs=1, use_adapter=True)
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        Engine(settings).fit()
+    assert not (tmp_path / "run" / "LAST.safetensors").exists()
+
+
+def test_missing_data_is_reported_before_any_model_is_built(cli, world, tmp_path):
+    res = cli("finetune", "vqa", *common(world), "--data_root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"))
+    assert res.code == 2 and "vqa/karpathy_train.json" in res.err

@@ -1,0 +1,156 @@
+"""What `finetune`, `eval --load` and `submit` do once their settings are valid (rich progress and tables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vlcli.cli import render
+from vlcli.config.settings import Settings
+
+
+class RichReporter:
+    """Progress bars on stderr (rank 0 only); ``quiet`` prints one line per epoch instead (for logs)."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet or not render.err.is_terminal
+        self.progress: Progress | None = None
+        self.task_id: Any = None
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.quiet:
+            return
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[rate]:.1f} samples/s"),
+            TimeRemainingColumn(), console=render.err, transient=True,
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task("train", total=steps, loss=0.0, lr=0.0, rate=0.0)
+
+    def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task_id, completed=done, loss=loss, lr=lr, rate=samples_per_s)
+
+    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        loss = record.get("train_loss")
+        score = record.get("score")
+        render.err.print(
+            f"epoch {epoch + 1}: train loss {loss:.4f}" if loss is not None else f"epoch {epoch + 1}",
+            f"  valid score {score:.2f}" if score is not None else "",
+            f"  {record.get('samples_per_s', 0):.1f} samples/s",
+        )
+
+    def evaluating(self, task: str, split: str, batches: int) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        render.err.print(f"[yellow]{text}[/]")
+
+
+def _write_config(settings: Settings, out: Path) -> None:
+    from vlcli.train.engine import atomic_json
+
+    atomic_json(out / "config.json", settings.flat(mode="json"))
+
+
+def _results_table(title: str, results: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("task / split", style="cyan")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, metrics in results.items():
+        if not isinstance(metrics, dict):
+            continue
+        if not metrics:
+            table.add_row(key, "-", "no labels")
+        for name, value in metrics.items():
+            table.add_row(key, name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def run_finetune(settings: Settings) -> None:
+    from vlcli.data.preflight import preflight
+    from vlcli.train.engine import Engine, plot_curves, splits_for
+
+    out = Path(settings.get("output"))
+    needed = [(t, splits_for(settings, t)[role]) for t in settings.derived.tasks for role in ("train", "valid", "test")]
+    if settings.get("submit"):
+        needed += [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks]
+    preflight(settings, needed)
+    engine = Engine(settings, RichReporter())
+    if engine.ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(settings, out)
+    if settings.derived.load_path and not settings.get("resume"):
+        engine.load_weights(settings.derived.load_path)
+    history = engine.fit(resume=settings.get("resume"))
+    engine.load_weights(out / "BEST.safetensors")
+    test = engine.test()
+    written = engine.submit() if settings.get("submit") else {}
+    if not engine.ctx.is_main:
+        return
+    plot_curves(history.records, out / "curves.png")
+    from vlcli.model.params import count_parameters
+
+    counts = count_parameters(engine.module)
+    render.out.print(_results_table("Test (BEST weights)", test))
+    summary = Table(title="Run", title_justify="left", show_header=False)
+    summary.add_column("", style="cyan")
+    summary.add_column("")
+    summary.add_row("run directory", str(out))
+    summary.add_row("best epoch", str((history.best_epoch or 0) + 1) if history.best_epoch is not None else "-")
+    summary.add_row("best valid score", f"{history.best:.2f}" if history.best is not None else "-")
+    summary.add_row("trainable parameters", f"{counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f} %)")
+    last = history.records[-1] if history.records else {}
+    if last.get("samples_per_s"):
+        summary.add_row("samples/s (last epoch)", f"{last['samples_per_s']:.1f}")
+    for task, (path, rows) in written.items():
+        summary.add_row(f"{task} submission", f"{path} ({rows:,} rows)")
+    render.out.print(summary)
+
+
+def _engine_for_checkpoint(settings: Settings):
+    from vlcli.train.engine import Engine
+
+    load = Path(settings.derived.load_path)
+    engine = Engine(settings, RichReporter())
+    engine.out = load.parent
+    engine.load_weights(load)
+    return engine
+
+
+def run_eval(settings: Settings) -> dict[str, Any]:
+    from vlcli.data.preflight import preflight
+    from vlcli.train.engine import atomic_json, splits_for
+
+    roles = ("test",) if settings.get("test_only") else ("valid", "test")
+    preflight(settings, [(t, splits_for(settings, t)[r]) for t in settings.derived.tasks for r in roles])
+    engine = _engine_for_checkpoint(settings)
+    results: dict[str, Any] = {}
+    for role in roles:
+        result = engine._evaluate_all(role, write=True)
+        results.update({k: v for k, v in result.items() if k != "score"})
+        results[f"{role}/score"] = result["score"]
+    if engine.ctx.is_main:
+        atomic_json(engine.out / "eval_metrics.json", results)
+        render.out.print(_results_table(f"Evaluation of {settings.derived.load_path}", results))
+    return results
+
+
+def run_submit(settings: Settings) -> None:
+    from vlcli.data.preflight import preflight
+    from vlcli.train.engine import splits_for
+
+    preflight(settings, [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks])
+    engine = _engine_for_checkpoint(settings)
+    written = engine.submit()
+    if engine.ctx.is_main:
+        for task, (path, rows) in written.items():
+            render.out.print(f"[green]{task}[/]: wrote {path} ({rows:,} predictions, every id of the split once)")

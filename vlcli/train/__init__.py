@@ -1,0 +1,1 @@
+"""Training and evaluation engine: optimisers and schedules, the loop, run directories, resume."""
