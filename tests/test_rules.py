@@ -90,6 +90,7 @@ CASES = [
     ("R45", "error", "pretrain", None, {"losses": "lm,obj"}, None, "unknown objective(s) obj"),
     ("R46", "warning", None, None, {"train_topk": "1"}, None, "keeps ONE example"),
     ("R47", "error", None, None, {"load": "/nonexistent/run/BEST"}, None, "no checkpoint found"),
+    ("R48", "error", None, None, {"data_paths": "vqa.nope=/x"}, None, "unknown name(s) vqa.nope"),
 ]
 
 
@@ -116,7 +117,7 @@ def test_r31_multitask_without_distributed_is_accepted():
 
 def test_every_rule_has_a_case():
     covered = {c[0] for c in CASES} | {"R31", "R34"}
-    expected = {f"R{i}" for i in range(1, 48)}
+    expected = {f"R{i}" for i in range(1, 49)}
     assert expected <= covered
     assert set(RULES) | {"R31", "R47"} == expected  # R47 is checked while resolving `load`
 

@@ -752,6 +752,16 @@ def _r46(c: RuleContext):
             yield W("R46", f"--{name} 1 keeps ONE example (a count); the original read 1 as 100%: write 1.0 for all.", name)
 
 
+@rule("R48")
+def _r48(c: RuleContext):
+    from vlcli.data.layout import DEFAULT_PATHS
+
+    unknown = sorted(set(c.v("data_paths")) - set(DEFAULT_PATHS))
+    if unknown:
+        yield E("R48", f"--data_paths: unknown name(s) {', '.join(unknown)}; the names are listed in docs/data.md "
+                f"(e.g. vqa.questions, coco.clip).", "data_paths")
+
+
 def check(ctx: RuleContext) -> list[Issue]:
     """Run every rule; return all issues (errors and warnings) in rule order."""
     issues: list[Issue] = []

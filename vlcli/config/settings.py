@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlcli.config.types import Bool, ImageSize, OptInt, OptStr, TaskList, TopK
+from vlcli.config.types import Bool, ImageSize, OptInt, OptStr, PathMap, TaskList, TopK
 
 
 def F(default: Any, description: str) -> Any:  # noqa: N802 - reads like a declaration
@@ -81,6 +81,7 @@ class DatasetSettings(Section):
     """Data, text inputs, prompts and task-specific data options."""
 
     data_root: str = F("datasets", "Root folder of the data in the original layout.")
+    data_paths: PathMap = F({}, "Overrides of single data paths: NAME=PATH,... (names in docs/data.md).")
     use_tasks_prompts: Bool = F(False, "Prefix each task's input with its own task prompt (\"vqa: \", \"gqa: \", ...).")
     legacy_gqa_prompt: Bool = F(False, "Use the original's GQA task prompt \"gpa: \" (for checkpoints trained with it).")
     max_text_length: int = F(20, "Maximum input length in tokens (tasks with longer inputs override it).")

@@ -117,6 +117,25 @@ def parse_task_list(value: Any) -> list[str]:
     return out
 
 
+def parse_path_map(value: Any) -> dict[str, str]:
+    """``data_paths``: ``"vqa.questions=/data/q/{split}.json,coco.clip=feats/RN101"`` or a JSON object."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, str):
+        out: dict[str, str] = {}
+        for item in (p.strip() for p in value.split(",")):
+            if not item:
+                continue
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"'{item}' is not NAME=PATH (e.g. vqa.questions=/data/vqa/{{split}}.json)")
+            out[name.strip()] = path.strip()
+        return out
+    raise ValueError(f"expected NAME=PATH pairs separated by commas, or a JSON object; got {value!r}")
+
+
 Bool = Annotated[bool, BeforeValidator(parse_bool)]
 OptStr = Annotated[str | None, BeforeValidator(none_if_null)]
 OptInt = Annotated[int | None, BeforeValidator(none_if_null)]
@@ -128,4 +147,9 @@ ImageSize = Annotated[
 TopK = Annotated[int | float, BeforeValidator(parse_topk)]
 TaskList = Annotated[
     list[str], BeforeValidator(parse_task_list), PlainSerializer(lambda v: ",".join(v), return_type=str)
+]
+PathMap = Annotated[
+    dict[str, str],
+    BeforeValidator(parse_path_map),
+    PlainSerializer(lambda v: ",".join(f"{k}={p}" for k, p in v.items()), return_type=str),
 ]

@@ -321,6 +321,8 @@ def task_layout(
 def layout_for(settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None) -> TaskLayout:
     """:func:`task_layout` with ``data_root``, ``feature_type`` and ``feat_dim`` taken from the settings."""
     feature_type = str(_setting(settings, "feature_type", "butd"))
+    if overrides is None:
+        overrides = _setting(settings, "data_paths", None)
     return task_layout(
         task,
         split,
