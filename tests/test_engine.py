@@ -102,3 +102,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(world, tmp_pat
 def test_missing_data_is_reported_before_any_model_is_built(cli, world, tmp_path):
     res = cli("finetune", "vqa", *common(world), "--data_root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"))
     assert res.code == 2 and "vqa/karpathy_train.json" in res.err
+
+
+def test_submit_from_a_predictions_file_checks_coverage(cli, world, tmp_path):
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"question_id": q, "answer": "red"} for q in (3000, 3001, 3002)]))
+    args = ["submit", "vqa", "--data_root", str(world["data"]), "--predictions", str(preds),
+            "--submission", str(tmp_path / "out.json")]
+    res = cli(*args)
+    assert res.code == 2 and "1 missing" in res.err and "3003" in res.err
+    assert not (tmp_path / "out.json").exists()
+    preds.write_text(json.dumps([{"id": q, "prediction": "red"} for q in (3000, 3001, 3002, 3003)]))
+    res = cli(*args)
+    assert res.code == 0, res.err
+    assert [r["question_id"] for r in json.loads((tmp_path / "out.json").read_text())] == [3000, 3001, 3002, 3003]

@@ -180,17 +180,28 @@ def _render_eval_result(result: dict[str, Any]) -> None:
 @settings_options
 def submit(
     task: Optional[str] = TaskArgument,
+    predictions: Optional[Path] = typer.Option(
+        None, "--predictions", help="Write the submission from this predictions file ([{id, prediction}], as "
+        "written by finetune/eval, or the official format) instead of running a checkpoint.",
+        rich_help_panel="Submission", show_default=False),
+    submission: Optional[Path] = typer.Option(
+        None, "--submission", help="Where to write the file [default: OUTPUT/<task>_<official name>].",
+        rich_help_panel="Submission", show_default=False),
     profile: Optional[list[str]] = ProfileOption,
     adapter: Optional[str] = AdapterOption,
     overrides: Any = None,
 ) -> None:
-    """Write leaderboard submission files in the official formats from a checkpoint (`--load`)."""
+    """Write leaderboard files in the official formats, every id of the split exactly once: from a
+    checkpoint (`--load`) or from a predictions file (`vlcli submit vqa --predictions P.json`)."""
     res = _validated("submit", task, profile, adapter, overrides)
-    if res.settings is not None and res.settings.train.load is None:
-        raise VlcliError("`vlcli submit` needs --load <checkpoint or run directory>")
     _check_tasks_supported("submit", res)
-    from vlcli.cli.training import run_submit
+    from vlcli.cli.training import run_submit, submit_predictions_file
 
+    if predictions is not None:
+        submit_predictions_file(res.settings, predictions, submission)
+        return
+    if res.settings is not None and res.settings.train.load is None:
+        raise VlcliError("`vlcli submit` needs --load <checkpoint or run directory> or --predictions FILE")
     run_submit(res.settings)
 
 

@@ -154,3 +154,51 @@ def run_submit(settings: Settings) -> None:
     if engine.ctx.is_main:
         for task, (path, rows) in written.items():
             render.out.print(f"[green]{task}[/]: wrote {path} ({rows:,} predictions, every id of the split once)")
+
+
+def _read_predictions(path: Path, task: str) -> list[tuple[Any, Any]]:
+    """(id, prediction) pairs from ``[{id, prediction}]`` or the task's official result format."""
+    import json
+
+    from vlcli.errors import VlcliError
+
+    if not path.is_file():
+        raise VlcliError(f"--predictions {path}: no such file")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise VlcliError(f"--predictions {path}: not readable JSON ({exc})") from exc
+    keys = {"vqa": ("question_id", "answer"), "gqa": ("questionId", "prediction"), "caption": ("image_id", "caption")}
+    pairs = []
+    if not isinstance(rows, list):
+        raise VlcliError(f"--predictions {path}: expected a JSON list of predictions")
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and "id" in row and "prediction" in row:
+            pairs.append((row["id"], row["prediction"]))
+        elif isinstance(row, dict) and task in keys and all(k in row for k in keys[task]):
+            pairs.append((row[keys[task][0]], row[keys[task][1]]))
+        else:
+            want = " or ".join(["{id, prediction}"] + ([f"{{{', '.join(keys[task])}}}"] if task in keys else []))
+            raise VlcliError(f"--predictions {path}: entry {i} is not {want}")
+    return pairs
+
+
+def submit_predictions_file(settings: Settings, predictions: Path, target: Path | None) -> None:
+    """Check a predictions file against the task's submission split and write the official file."""
+    from vlcli.errors import VlcliError
+    from vlcli.tasks import get_task
+    from vlcli.train.engine import splits_for
+
+    if len(settings.derived.tasks) != 1:
+        raise VlcliError("`vlcli submit --predictions` takes one TASK (e.g. `vlcli submit vqa --predictions P.json`)")
+    task = settings.derived.tasks[0]
+    split = splits_for(settings, task)["submit"]
+    impl = get_task(task)
+    examples, _ = impl.load_examples(settings, split, train=False)  # only the split's ids are needed
+    split_ids = [ex.id for ex in examples]
+    pairs = _read_predictions(predictions, task)
+    ids = {str(i): i for i in split_ids}
+    pairs = [(ids.get(str(k), k), v) for k, v in pairs]  # JSON turns ids into str / int: match the split's
+    path = target or Path(settings.get("output")) / f"{task}_{impl.submission_file}"
+    rows = impl.write_submission(pairs, split_ids, path)
+    render.out.print(f"[green]{task}[/]: wrote {path} ({rows:,} predictions, every id of split {split} once)")
