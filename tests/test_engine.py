@@ -116,3 +116,22 @@ def test_submit_from_a_predictions_file_checks_coverage(cli, world, tmp_path):
     res = cli(*args)
     assert res.code == 0, res.err
     assert [r["question_id"] for r in json.loads((tmp_path / "out.json").read_text())] == [3000, 3001, 3002, 3003]
+
+
+def test_torchrun_two_cpu_processes_count_each_example_once(world, tmp_path):
+    """`torchrun --nproc_per_node 2 -m vlcli finetune ...` on CPU (gloo): one run, evaluation de-duplicated."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "vlcli", "finetune", "vqa", *common(world, "t5"), "--batch_size", "3", "--epochs", "1",
+           "--use_adapter", "--output", str(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    preds = json.loads((run / "vqa_karpathy_test_predictions.json").read_text())
+    ids = [p["id"] for p in preds]
+    assert sorted(ids) == [2000, 2001, 2002, 2003]  # 4 test questions over 2 ranks (one padded): each once
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if line]) == 1  # rank 0 alone

@@ -76,6 +76,15 @@ def _results_table(title: str, results: dict[str, Any]) -> Table:
 
 
 def run_finetune(settings: Settings) -> None:
+    from vlcli.train import dist
+
+    try:
+        _run_finetune(settings)
+    finally:
+        dist.teardown()
+
+
+def _run_finetune(settings: Settings) -> None:
     from vlcli.data.preflight import preflight
     from vlcli.train.engine import Engine, plot_curves, splits_for
 
@@ -127,6 +136,15 @@ def _engine_for_checkpoint(settings: Settings):
 
 
 def run_eval(settings: Settings) -> dict[str, Any]:
+    from vlcli.train import dist
+
+    try:
+        return _run_eval(settings)
+    finally:
+        dist.teardown()
+
+
+def _run_eval(settings: Settings) -> dict[str, Any]:
     from vlcli.data.preflight import preflight
     from vlcli.train.engine import atomic_json, splits_for
 

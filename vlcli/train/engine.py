@@ -326,7 +326,7 @@ class Engine:
                     with self._autocast():
                         out = self.model(**get_task(task).model_inputs(batch))
                     loss = out.loss
-                    if not torch.isfinite(loss.detach()).all():
+                    if dist.broadcast_flag(self.ctx, not bool(torch.isfinite(loss.detach()).all())):
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
                             "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
