@@ -135,3 +135,30 @@ def test_torchrun_two_cpu_processes_count_each_example_once(world, tmp_path):
     ids = [p["id"] for p in preds]
     assert sorted(ids) == [2000, 2001, 2002, 2003]  # 4 test questions over 2 ranks (one padded): each once
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if line]) == 1  # rank 0 alone
+
+
+def test_selection_score_follows_best_metric():
+    from vlcli.train.scoring import selection_score
+
+    metrics = {"vqa": {"accuracy": 40.0}, "caption": {"CIDEr": 0.8, "Bleu_1": 0.5}}
+    assert selection_score(metrics) == pytest.approx(60.0)  # (40 + 0.8 x 100) / 2
+    assert selection_score(metrics, "vqa") == 40.0
+    assert selection_score(metrics, "caption/Bleu_1") == 0.5
+
+
+def test_train_accuracy_is_logged_when_asked(world, tmp_path):
+    settings = engine_settings(world, tmp_path / "run", log_train_accuracy=True)
+    history = Engine(settings).fit()
+    assert all(0.0 <= r["train_accuracy"] <= 100.0 for r in history.records)
+
+
+def test_deepspeed_without_the_package_is_a_clear_error(cli, world, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    config = tmp_path / "ds.json"
+    config.write_text("{}")
+    res = cli("finetune", "vqa", *common(world, "t5"), "--use_adapter", "--deepspeed", str(config),
+              "--output", str(tmp_path / "r"))
+    assert res.code == 2 and "deepspeed package is not installed" in res.err

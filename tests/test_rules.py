@@ -91,6 +91,8 @@ CASES = [
     ("R46", "warning", None, None, {"train_topk": "1"}, None, "keeps ONE example"),
     ("R47", "error", None, None, {"load": "/nonexistent/run/BEST"}, None, "no checkpoint found"),
     ("R48", "error", None, None, {"data_paths": "vqa.nope=/x"}, None, "unknown name(s) vqa.nope"),
+    ("R49", "error", None, "vqa", {"best_metric": "gqa/accuracy"}, None, "one of the run's tasks (vqa)"),
+    ("R50", "warning", None, "vqa", {"fp16": "1"}, None, "T5 activations overflow float16"),
 ]
 
 
@@ -117,7 +119,7 @@ def test_r31_multitask_without_distributed_is_accepted():
 
 def test_every_rule_has_a_case():
     covered = {c[0] for c in CASES} | {"R31", "R34"}
-    expected = {f"R{i}" for i in range(1, 49)}
+    expected = {f"R{i}" for i in range(1, 51)}
     assert expected <= covered
     assert set(RULES) | {"R31", "R47"} == expected  # R47 is checked while resolving `load`
 

@@ -762,6 +762,24 @@ def _r48(c: RuleContext):
                 f"(e.g. vqa.questions, coco.clip).", "data_paths")
 
 
+@rule("R49")
+def _r49(c: RuleContext):
+    best = c.v("best_metric")
+    if best == "average":
+        return
+    task = best.split("/", 1)[0]
+    if task not in c.derived.tasks:
+        yield E("R49", f"--best_metric {best!r}: use 'average', one of the run's tasks ({', '.join(c.derived.tasks) or '-'}) "
+                "or TASK/METRIC (e.g. vqa/accuracy, caption/CIDEr).", "best_metric")
+
+
+@rule("R50")
+def _r50(c: RuleContext):
+    if c.v("fp16") and c.family == "t5" and c.v("deepspeed") is None:
+        yield W("R50", "--fp16 with T5: T5 activations overflow float16 (NaN losses are likely); bf16, the GPU "
+                "default, is safe.", "fp16")
+
+
 def check(ctx: RuleContext) -> list[Issue]:
     """Run every rule; return all issues (errors and warnings) in rule order."""
     issues: list[Issue] = []

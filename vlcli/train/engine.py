@@ -36,7 +36,7 @@ from vlcli.tasks import get_task
 from vlcli.tasks.base import TaskDataset, seed_worker
 from vlcli.train import dist
 from vlcli.train.optim import build_optimizers, linear_schedule, total_steps
-from vlcli.train.scoring import average_primary, score
+from vlcli.train.scoring import score, selection_score
 
 STATE_SUFFIX = ".state.pt"
 ROLES = ("train", "valid", "test", "submit")
@@ -195,6 +195,16 @@ class Engine:
             self.reporter.message("--fp16 ignored on CPU: training in float32")
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if settings.get("deepspeed"):
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
+                                 "`pip install deepspeed`, or drop --deepspeed")
+            from vlcli.errors import NotImplementedYetError
+
+            raise NotImplementedYetError("not yet: --deepspeed (through accelerate) is not part of this version; "
+                                         "drop it to train with DDP")
 
     # ------------------------------------------------------------------------------------ data
 
@@ -313,6 +323,8 @@ class Engine:
             self.reporter.epoch_start(epoch, epochs, n_batches)
             losses: list[float] = []
             seen, t0 = 0, time.perf_counter()
+            log_accuracy = bool(s.get("log_train_accuracy"))
+            train_correct = train_total = 0
             batches_done = 0  # batches consumed up to the last optimiser step (the resume position)
             interrupted = False
             try:
@@ -330,6 +342,10 @@ class Engine:
                         raise TrainingError(
                             f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
                             "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
+                    if log_accuracy and "labels" in batch:
+                        correct, total = _exact_matches(out.logits, batch["labels"])
+                        train_correct += correct
+                        train_total += total
                     scaled = loss / accumulation
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     losses.append(loss.item())
@@ -370,6 +386,8 @@ class Engine:
             record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
                                       "lr": schedulers[0].get_last_lr()[0], "samples_per_s": seen / max(
                                           time.perf_counter() - t0, 1e-9)}
+            if log_accuracy and train_total:
+                record["train_accuracy"] = round(100.0 * train_correct / train_total, 2)
             record.update(self._evaluate_all("valid"))
             score_now = record.get("score")
             if score_now is not None and (self.history.best is None or score_now > self.history.best):
@@ -438,7 +456,7 @@ class Engine:
                 atomic_json(self.out / f"{task}_{split.replace(',', '+')}_predictions.json",
                             [{"id": k, "prediction": v} for k, v in predictions.items()])
         out: dict[str, Any] = {f"{role}/{t}": m for t, m in per_task.items()}
-        out["score"] = average_primary(per_task)
+        out["score"] = selection_score(per_task, self.settings.get("best_metric"))
         return out
 
     def test(self) -> dict[str, Any]:
@@ -459,6 +477,13 @@ class Engine:
                 path = self.out / f"{task}_{impl.submission_file}"
                 written[task] = (path, impl.write_submission(predictions, ds, path))
         return written
+
+
+def _exact_matches(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Examples whose teacher-forced argmax equals the whole target (``--log_train_accuracy``)."""
+    valid = labels.ne(-100)
+    hit = (logits.detach().argmax(-1).eq(labels) | ~valid).all(dim=1) & valid.any(dim=1)
+    return int(hit.sum()), int(valid.any(dim=1).sum())
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:

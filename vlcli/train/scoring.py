@@ -66,3 +66,13 @@ def average_primary(metrics: Mapping[str, Mapping[str, float]]) -> float | None:
         if key and key in result:
             values.append(result[key] * (100.0 if key == "CIDEr" else 1.0))
     return sum(values) / len(values) if values else None
+
+
+def selection_score(metrics: Mapping[str, Mapping[str, float]], best_metric: str = "average") -> float | None:
+    """The number BEST maximises: ``average`` of the primary metrics, ``TASK`` (its primary metric) or ``TASK/METRIC``."""
+    if best_metric == "average":
+        return average_primary(metrics)
+    task, _, name = best_metric.partition("/")
+    result = metrics.get(task, {})
+    name = name or PRIMARY.get(task, "")
+    return result.get(name)
