@@ -2,8 +2,9 @@
 
 Builds a temporary CLIP-style store (default 512 images of 49x2048 float16) in both layouts, reads it
 with a torch DataLoader (batch 64, num_workers 0 and 2, a collate that stacks features and boxes into
-tensors) and prints samples/s, next to the samples/s of a forward+backward of a small linear layer on
-batches of the same shape: the ratio says whether data loading would starve a model of that cost.
+tensors) and prints samples/s, next to the samples/s of a forward+backward of a small linear layer and of
+a full vlcli training step (t5-small architecture, random weights, AdamW) on batches of the same size:
+the ratios say whether data loading would starve training.
 
     .venv/bin/python benchmarks/data_pipeline.py [--images 512] [--epochs 2]
 """
@@ -92,6 +93,35 @@ def model_rate(steps: int = 10, hidden: int = 768) -> float:
     return steps * BATCH / (time.perf_counter() - start)
 
 
+def train_step_rate(backbone: str = "t5-small", steps: int = 3) -> float:
+    """Samples/s of a vlcli training step (VLModel forward + loss + backward + AdamW) on batches of BATCH
+    examples with TOKENS visual tokens of DIM features and 20 text tokens; random weights, no download."""
+    from vlcli.model.build import vl_vocab_size
+    from vlcli.model.presets import PRESETS, architecture_config, model_class
+    from vlcli.model.visual import VisualConfig
+    from vlcli.model.vl import VLModel
+
+    family = PRESETS[backbone].family
+    lm = model_class(family)(architecture_config(backbone))
+    lm.resize_token_embeddings(vl_vocab_size(backbone, family), mean_resizing=False)
+    model = VLModel(lm, family, VisualConfig(feat_dim=DIM)).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    ids = torch.randint(3, 30000, (BATCH, 20))
+    labels = torch.randint(3, 30000, (BATCH, 5))
+    feats, boxes = torch.randn(BATCH, TOKENS, DIM), torch.zeros(BATCH, TOKENS, 4)
+
+    def step() -> None:
+        model(ids, None, feats, boxes, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * BATCH / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512)
@@ -107,10 +137,12 @@ def main() -> None:
             for workers in (0, 2):
                 rows.append((name, workers, loader_rate(store, ids, workers, args.epochs)))
         base = model_rate()
-    print(f"\n{'layout':<26} {'workers':>7} {'samples/s':>10} {'x linear f+b':>13}")
+        step = train_step_rate()
+    print(f"\n{'layout':<26} {'workers':>7} {'samples/s':>10} {'x linear f+b':>13} {'x train step':>13}")
     for name, workers, rate in rows:
-        print(f"{name:<26} {workers:>7} {rate:>10.0f} {rate / base:>13.2f}")
-    print(f"{'linear 2048->768 fwd+bwd':<26} {'-':>7} {base:>10.0f} {1:>13.2f}")
+        print(f"{name:<26} {workers:>7} {rate:>10.0f} {rate / base:>13.2f} {rate / step:>13.2f}")
+    print(f"{'linear 2048->768 fwd+bwd':<26} {'-':>7} {base:>10.0f} {1:>13.2f} {base / step:>13.2f}")
+    print(f"{'vlcli train step t5-small':<26} {'-':>7} {step:>10.1f} {step / base:>13.2f} {1:>13.2f}")
 
 
 if __name__ == "__main__":
