@@ -11,11 +11,9 @@ Per-task prompts, batch sizes and lengths come from ``settings.derived.per_task[
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vlcli.atomic import atomic_write
 from vlcli.errors import VlcliError
 
 if TYPE_CHECKING:
@@ -459,25 +458,6 @@ def check_coverage(pairs: list[tuple[Hashable, Any]], split_ids: list[Hashable],
         f"{path}: not written: predictions for {task} do not cover the split's {len(wanted)} ids exactly once: "
         f"{'; '.join(parts)}; predict the whole split (without valid_topk) and pass its ids"
     )
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, then move it over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot write ({exc.strerror or exc}); choose a writable --output") from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot write ({exc.strerror or exc}); choose a writable --output") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_json_rows(path: Path, objects: list[dict[str, Any]]) -> None:

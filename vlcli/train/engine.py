@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Hashable, Iterator
 from contextlib import nullcontext
@@ -29,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from vlcli import api
+from vlcli.atomic import atomic_write, write_json
 from vlcli.config.settings import FIELDS
 from vlcli.data.sampling import MultitaskLoader
 from vlcli.errors import VlcliError
@@ -103,26 +102,11 @@ class EpochSampler(Sampler[int]):
 
 
 def atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, data, indent=1)
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def seed_everything(seed: int) -> None:
@@ -513,10 +497,6 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
     for ax in axes:
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return True
