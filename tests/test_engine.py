@@ -162,3 +162,24 @@ def test_deepspeed_without_the_package_is_a_clear_error(cli, world, tmp_path):
     res = cli("finetune", "vqa", *common(world, "t5"), "--use_adapter", "--deepspeed", str(config),
               "--output", str(tmp_path / "r"))
     assert res.code == 2 and "deepspeed package is not installed" in res.err
+
+
+def test_atomic_writes_keep_old_files_and_use_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from vlcli.atomic import WriteError, atomic_write, default_mode, write_json
+
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+    assert stat.S_IMODE(os.stat(target).st_mode) == default_mode()
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        atomic_write(target, fail)
+    assert json.loads(target.read_text()) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    with pytest.raises(WriteError, match="cannot write"):
+        write_json(tmp_path / "out.json" / "below-a-file.json", {})

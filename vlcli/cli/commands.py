@@ -1,8 +1,8 @@
 """`finetune`, `pretrain`, `eval`, `submit`, `extract-features`: validate the full configuration, then run.
 
-`finetune`, `eval` and `submit` run the engine (`vlcli/cli/training.py`) for the implemented tasks;
-`pretrain`, `extract-features` and the tasks of later versions validate everything they are given,
-report warnings and stop with a clear message (exit code 3).
+`finetune`, `eval` and `submit` run the engine (`vlcli/cli/training.py`) for the implemented tasks and
+`extract-features` the extractor (`vlcli/features/`); `pretrain` and the tasks of later versions validate
+everything they are given, report warnings and stop with a clear message (exit code 3).
 """
 
 from pathlib import Path
@@ -205,17 +205,151 @@ def submit(
     run_submit(res.settings)
 
 
+EXTRACT_PANEL = "Extraction"
+
+
 @settings_options
 def extract_features(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (or a text file listing image paths).", rich_help_panel="Extraction"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder for the h5 feature files.", rich_help_panel="Extraction"),
+    clip_weights: Optional[str] = typer.Option(
+        None, "--clip_weights", "--clip-weights", metavar="TAG|PATH",
+        help="CLIP weights: an open_clip pretrained tag (downloaded once; default 'openai') or a local weight file "
+        "(OpenAI .pt, open_clip checkpoint, .safetensors).", rich_help_panel=EXTRACT_PANEL, show_default=False),
+    random_init: bool = typer.Option(
+        False, "--random_init", "--random-init", help="Random (seeded) weights instead of CLIP's: tests and demos only; "
+        "the features are meaningless.", rich_help_panel=EXTRACT_PANEL),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]", help="Where the model runs (auto: cuda if available).",
+                               rich_help_panel=EXTRACT_PANEL),
+    precision: str = typer.Option("auto", "--precision", metavar="auto|fp32|fp16|bf16",
+                                  help="Autocast precision (auto: fp16 on a GPU, fp32 on the CPU).", rich_help_panel=EXTRACT_PANEL),
+    dtype: str = typer.Option("float16", "--dtype", metavar="float16|float32", help="Stored feature dtype.",
+                              rich_help_panel=EXTRACT_PANEL),
+    layout: str = typer.Option("per-image", "--layout", metavar="per-image|consolidated",
+                               help="per-image: data_clip_{TYPE}_att/{stem}.h5 (the original layout); consolidated: one "
+                               "data_clip_{TYPE}_att.h5.", rich_help_panel=EXTRACT_PANEL),
+    pooled: bool = typer.Option(False, "--pooled", help="Also write the attention-pooled vector to data_clip_{TYPE}_fc (ResNets).",
+                                rich_help_panel=EXTRACT_PANEL),
+    resize: str = typer.Option("squash", "--resize", metavar="squash|crop",
+                               help="squash: resize to exactly image_size (the original); crop: shorter side, then center crop.",
+                               rich_help_panel=EXTRACT_PANEL),
+    butd_tsv: Optional[Path] = typer.Option(
+        None, "--butd_tsv", "--butd-tsv", metavar="FILE",
+        help="Convert a bottom-up-attention TSV to the per-split BUTD h5 in --out (instead of extracting CLIP features).",
+        rich_help_panel=EXTRACT_PANEL, show_default=False),
     profile: Optional[list[str]] = ProfileOption,
     overrides: Any = None,
 ) -> None:
-    """Extract CLIP grid features to h5 (`--feature_type RN101 --images DIR --out DIR`)."""
+    """Extract CLIP grid features to h5 (`--feature_type RN101 --images DIR --out DIR`), or convert a BUTD TSV
+    (`--butd_tsv train2014_obj36.tsv --out DIR`). Image size defaults to 224 here (7x7 grids, as the released
+    features); --batch_size defaults to 32 on a GPU, 8 on the CPU here; --num_workers and --seed apply."""
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
+    from rich.text import Text
+
+    from vlcli.features.common import ExtractionError
+
+    class Rate(ProgressColumn):
+        def __init__(self, unit: str):
+            super().__init__()
+            self.unit = unit
+
+        def render(self, task: Any) -> Text:
+            elapsed = task.elapsed or 0.0
+            rate = task.completed / elapsed if elapsed > 0 and task.completed else None
+            return Text(f"{rate:.1f} {self.unit}/s" if rate else f"- {self.unit}/s", style="cyan")
+
+    class Bar:
+        """The library's progress interface rendered as one rich bar on stderr."""
+
+        def __init__(self, unit: str):
+            self.unit = unit
+            self.bar: Any = None
+            self.task: Any = None
+
+        def start(self, total: Optional[int], description: str) -> None:
+            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(self.unit),
+                                    TimeElapsedColumn(), console=render.err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(escape(description), total=total)
+
+        def advance(self, n: int = 1) -> None:
+            self.bar.advance(self.task, n)
+
+        def finish(self) -> None:
+            if self.bar is not None:
+                self.bar.stop()
+                self.bar = None
+
+    if butd_tsv is not None:
+        if out is None:
+            raise ExtractionError("--butd_tsv needs --out DIR (or --out FILE.h5) for the h5 file")
+        if images is not None:
+            raise ExtractionError("--butd_tsv converts a TSV; --images extracts CLIP features: run them separately")
+        from vlcli.features.butd import convert_butd_tsv
+
+        done = convert_butd_tsv(butd_tsv, out, Bar("images"))
+        if done.skipped_existing:
+            render.out.print(f"{escape(str(done.target))} exists ({done.images:,} images): skipped; delete it to convert again")
+        else:
+            render.out.print(f"converted {done.images:,} images ({done.feat_dim}-d regions) to {escape(str(done.target))}")
+        return
     if images is None or out is None:
         raise VlcliError("`vlcli extract-features` needs --images DIR and --out DIR")
     if not images.exists():
         raise VlcliError(f"--images {images}: no such folder or file")
-    res = _validated("extract-features", None, profile, None, overrides, needs_tasks=False)
-    _pending("extract-features", res, "feature extraction")
+    res = resolve_command("extract-features", None, profile, None, overrides)
+    # R25 calls image_size "ignored" for precomputed feature types; extraction uses it.
+    render.issue_lines([w for w in res.warnings if not (w.rule == "R25" and set(w.fields) <= {"image_size"})])
+    settings = res.settings
+    explicit = res.explicit
+
+    from vlcli.features.clip import DEFAULT_IMAGE_SIZE, ClipExtraction, check_feature_type, resolve_weights
+    from vlcli.features.images import list_images
+
+    feature_type = check_feature_type(settings.get("feature_type"))
+    image_size = DEFAULT_IMAGE_SIZE
+    if "image_size" in explicit:
+        h, w = settings.get("image_size")
+        if h != w:
+            raise ExtractionError(f"--image_size {h},{w}: must be square for CLIP grids; e.g. 224,224")
+        image_size = h
+    if precision == "auto" and "fp16" in explicit and settings.get("fp16"):
+        precision = "fp16"
+    job = ClipExtraction(
+        feature_type=feature_type,
+        images=list_images(images),
+        out=out,
+        weights=resolve_weights(feature_type, clip_weights, random_init, int(settings.get("seed"))),
+        image_size=image_size,
+        batch_size=int(settings.get("batch_size")) if "batch_size" in explicit else None,
+        num_workers=int(settings.get("num_workers")),
+        device=device,
+        precision=precision,
+        dtype=dtype,
+        layout=layout,
+        pooled=pooled,
+        resize=resize,
+        source=str(images),
+    )
+    from vlcli.features.clip import extract_clip
+
+    result = extract_clip(job, Bar("images"))
+    where = escape(str(result.target))
+    if result.written:
+        weights = job.weights.describe()
+        origin = {"random": "random init", "file": f"weights {job.weights.name}"}.get(weights["source"], f"{job.weights.name} weights")
+        render.out.print(
+            f"extracted {result.written:,} images with {feature_type} ({escape(origin)}, {image_size} px, {result.device} "
+            f"{result.precision}) to {where} in {result.seconds:.1f} s ({result.images_per_s:.1f} images/s); "
+            f"{result.total_in_output:,} images in the output"
+        )
+    if result.existing:
+        render.out.print(f"skipped {result.existing:,} images already extracted in {where}")
+    if result.failed:
+        n = len(result.failed)
+        shown = "; ".join(f"{p} ({reason})" for p, reason in result.failed[:5])
+        more = f"; and {n - 5} more (listed in {result.manifest})" if n > 5 else ""
+        render.err.print(f"[bold yellow]warning:[/] skipped {n} unreadable image{'s' if n != 1 else ''}: {escape(shown + more)}")
+    if not result.written and not result.existing and not result.failed:  # pragma: no cover - list_images guards this
+        render.out.print("nothing to extract")

@@ -28,6 +28,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from vlcli.atomic import default_mode
 from vlcli.errors import VlcliError
 
 
@@ -412,6 +413,7 @@ def write_consolidated(
                 count += 1
             if width is not None:
                 f.attrs["feat_dim"] = width
+        os.chmod(tmp_name, default_mode())
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlcli import __version__
+from vlcli.atomic import default_mode
 from vlcli.config.load import PTH_SUFFIX, SAFETENSORS_SUFFIX
 from vlcli.errors import CheckpointNotFoundError, VlcliError
 
@@ -280,6 +281,8 @@ def save_checkpoint(
         # An old manifest must not describe the new tensors while they are being swapped in.
         if manifest_path.exists():
             manifest_path.unlink()
+        os.chmod(tmp_tensors, default_mode())
+        os.chmod(tmp_manifest, default_mode())
         os.replace(tmp_tensors, tensors_path)
         temps.remove(tmp_tensors)
         os.replace(tmp_manifest, manifest_path)
