@@ -243,44 +243,9 @@ def extract_features(
     """Extract CLIP grid features to h5 (`--feature_type RN101 --images DIR --out DIR`), or convert a BUTD TSV
     (`--butd_tsv train2014_obj36.tsv --out DIR`). Image size defaults to 224 here (7x7 grids, as the released
     features); --batch_size defaults to 32 on a GPU, 8 on the CPU here; --num_workers and --seed apply."""
-    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as RichProgress
-    from rich.text import Text
-
     from vlcli.features.common import ExtractionError
 
-    class Rate(ProgressColumn):
-        def __init__(self, unit: str):
-            super().__init__()
-            self.unit = unit
-
-        def render(self, task: Any) -> Text:
-            elapsed = task.elapsed or 0.0
-            rate = task.completed / elapsed if elapsed > 0 and task.completed else None
-            return Text(f"{rate:.1f} {self.unit}/s" if rate else f"- {self.unit}/s", style="cyan")
-
-    class Bar:
-        """The library's progress interface rendered as one rich bar on stderr."""
-
-        def __init__(self, unit: str):
-            self.unit = unit
-            self.bar: Any = None
-            self.task: Any = None
-
-        def start(self, total: Optional[int], description: str) -> None:
-            self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(self.unit),
-                                    TimeElapsedColumn(), console=render.err, transient=True)
-            self.bar.start()
-            self.task = self.bar.add_task(escape(description), total=total)
-
-        def advance(self, n: int = 1) -> None:
-            self.bar.advance(self.task, n)
-
-        def finish(self) -> None:
-            if self.bar is not None:
-                self.bar.stop()
-                self.bar = None
-
+    Bar = render.ProgressBar
     if butd_tsv is not None:
         if out is None:
             raise ExtractionError("--butd_tsv needs --out DIR (or --out FILE.h5) for the h5 file")

@@ -11,6 +11,7 @@ from vlcli.cli import render
 from vlcli.cli.argv import normalize
 from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, submit
 from vlcli.cli.convert import convert
+from vlcli.cli.demo import demo_data
 from vlcli.cli.inspect_config import inspect_config
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
 
@@ -46,8 +47,9 @@ app.command("finetune")(finetune)
 app.command("eval")(evaluate)
 app.command("submit")(submit)
 app.command("convert")(convert)
+app.command("demo-data")(demo_data)
 
-COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert")
+COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert", "demo-data")
 
 
 def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:

@@ -8,6 +8,14 @@ from typing import Any
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -147,3 +155,37 @@ def print_json(data: Any) -> None:
     out.print_json(json.dumps(data), highlight=False) if out.is_terminal else print(
         json.dumps(data, indent=2)
     )
+
+
+class _Rate(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Any) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 and task.completed else None
+        return Text(f"{rate:.1f} {self.unit}/s" if rate else f"- {self.unit}/s", style="cyan")
+
+
+class ProgressBar:
+    """The library's progress interface (start / advance / finish) rendered as one rich bar on stderr."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.bar: Any = None
+        self.task: Any = None
+
+    def start(self, total: int | None, description: str) -> None:
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(self.unit),
+                            TimeElapsedColumn(), console=err, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(escape(description), total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -89,6 +89,7 @@ def _run_finetune(settings: Settings) -> None:
     from vlcli.train.engine import Engine, plot_curves, splits_for
 
     out = Path(settings.get("output"))
+    demo = _ensure_demo(settings) if settings.get("demo_world") else None
     needed = [(t, splits_for(settings, t)[role]) for t in settings.derived.tasks for role in ("train", "valid", "test")]
     if settings.get("submit"):
         needed += [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks]
@@ -116,6 +117,13 @@ def _run_finetune(settings: Settings) -> None:
     summary.add_row("run directory", str(out))
     summary.add_row("best epoch", str((history.best_epoch or 0) + 1) if history.best_epoch is not None else "-")
     summary.add_row("best valid score", f"{history.best:.2f}" if history.best is not None else "-")
+    if demo is not None:
+        best = next((r for r in history.records if r.get("epoch") == history.best_epoch), {})
+        for task, key in (("vqa", "majority_baseline"), ("gqa", "gqa_majority_baseline")):
+            accuracy = (best.get(f"valid/{task}") or {}).get("accuracy")
+            if accuracy is not None and key in demo:
+                summary.add_row(f"{task} valid accuracy (BEST)", f"{accuracy:.2f}")
+                summary.add_row(f"{task} majority-answer baseline", f"{100 * demo[key]:.2f}")
     summary.add_row("trainable parameters", f"{counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f} %)")
     last = history.records[-1] if history.records else {}
     if last.get("samples_per_s"):
@@ -123,6 +131,20 @@ def _run_finetune(settings: Settings) -> None:
     for task, (path, rows) in written.items():
         summary.add_row(f"{task} submission", f"{path} ({rows:,} rows)")
     render.out.print(summary)
+
+
+def _ensure_demo(settings: Settings) -> dict[str, Any]:
+    """``demo_world``: create the world, its backbones and its CLIP features under data_root if missing."""
+    from vlcli.demo.setup import ensure_world
+    from vlcli.errors import VlcliError
+
+    feature_type = settings.get("feature_type")
+    if feature_type not in ("RN50", "RN101", "RN50x4", "ViT"):
+        raise VlcliError(f"--demo_world provides CLIP grid features only; --feature_type {feature_type}: "
+                         "use RN50 (the demo profile's), RN101, RN50x4 or ViT")
+    root = Path(settings.get("data_root"))
+    render.err.print(f"[dim]demo world in {root} (created on first use)[/]")
+    return ensure_world(root, feature_type, progress=render.ProgressBar("images"))
 
 
 def _engine_for_checkpoint(settings: Settings):

@@ -83,6 +83,7 @@ class DatasetSettings(Section):
 
     data_root: str = F("datasets", "Root folder of the data in the original layout.")
     data_paths: PathMap = F({}, "Overrides of single data paths: NAME=PATH,... (names in docs/data.md).")
+    demo_world: Bool = F(False, "Create the synthetic demo world (data, CLIP features, tiny backbones) in data_root if missing.")
     use_tasks_prompts: Bool = F(False, "Prefix each task's input with its own task prompt (\"vqa: \", \"gqa: \", ...).")
     legacy_gqa_prompt: Bool = F(False, "Use the original's GQA task prompt \"gpa: \" (for checkpoints trained with it).")
     max_text_length: int = F(20, "Maximum input length in tokens (tasks with longer inputs override it).")
