@@ -10,8 +10,6 @@ tokenizer_config.json), so ``AutoTokenizer.from_pretrained(path)`` works offline
 
 from __future__ import annotations
 
-import io
-import json
 import random
 from pathlib import Path
 
@@ -49,42 +47,12 @@ def corpus(n: int = 600, seed: int = 0) -> list[str]:
 
 
 def make_t5_tokenizer_dir(path: str | Path, vocab_size: int = 100) -> Path:
-    """Train a T5-style sentencepiece unigram tokenizer of ``vocab_size`` pieces (+100 sentinels) into ``path``.
+    """Train a T5-style sentencepiece unigram tokenizer of exactly ``vocab_size`` pieces (+100 sentinels)
+    into ``path`` (the corpus supports up to about 115); ``len`` of the saved tokenizer is ``vocab_size + 100``."""
+    from vlcli.demo.backbone import train_t5_tokenizer
 
-    ``vocab_size`` is exact (the corpus supports up to about 115). ``len`` of the saved tokenizer is
-    ``vocab_size + 100``.
-    """
-    import sentencepiece as spm
-    from transformers import T5Tokenizer
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()),
-        model_writer=buf,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        pad_piece="<pad>",
-        eos_piece="</s>",
-        unk_piece="<unk>",
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        minloglevel=2,
-        num_threads=1,
-    )
-    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
-    # transformers 5's T5Tokenizer is tokenizers-backed and takes the (piece, score) list directly,
-    # which saves writing spiece.model and converting it (test_tokenizer covers that path too).
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
-    tok = T5Tokenizer(vocab=vocab, extra_ids=100)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(path))
-    return path
+    train_t5_tokenizer(Path(path), corpus(), pieces=vocab_size, exact=True)
+    return Path(path)
 
 
 def make_bart_tokenizer_dir(path: str | Path, vocab_size: int = 500) -> Path:
@@ -93,27 +61,10 @@ def make_bart_tokenizer_dir(path: str | Path, vocab_size: int = 500) -> Path:
     The corpus is small, so the BPE trainer may stop below ``vocab_size``; read the real size from
     ``len(AutoTokenizer.from_pretrained(path))``.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import BartTokenizer
+    from vlcli.demo.backbone import train_bart_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 1,  # room for <mask>
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus(), trainer=trainer)
-    model = json.loads(bpe.to_str())["model"]
-    vocab: dict[str, int] = dict(model["vocab"])
-    vocab["<mask>"] = len(vocab)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    tok = BartTokenizer(vocab=vocab, merges=merges)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(str(path))
-    return path
+    train_bart_tokenizer(Path(path), corpus(), vocab_size=vocab_size, both_spellings=False)
+    return Path(path)
 
 
 def make_backbone_dir(path: str | Path, family: str, seed: int = 0) -> Path:

@@ -36,8 +36,11 @@ BART_VOCAB = 400
 DIR_NAMES: dict[str, str] = {"t5": "t5-demo", "bart": "bart-demo"}
 
 
-def _t5_tokenizer(path: Path, corpus: Sequence[str]):
-    """A T5-layout sentencepiece unigram tokenizer (<pad>=0, </s>=1, <unk>=2, pieces, <extra_id_99..0>)."""
+def train_t5_tokenizer(path: Path, corpus: Sequence[str], pieces: int = T5_PIECES, exact: bool = False):
+    """A T5-layout sentencepiece unigram tokenizer (<pad>=0, </s>=1, <unk>=2, pieces, <extra_id_99..0>).
+
+    ``exact``: exactly ``pieces`` pieces (an error if the corpus cannot support them); otherwise at most.
+    """
     import sentencepiece as spm
     from transformers import T5Tokenizer
 
@@ -45,8 +48,8 @@ def _t5_tokenizer(path: Path, corpus: Sequence[str]):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(corpus)),
         model_writer=buf,
-        vocab_size=T5_PIECES,
-        hard_vocab_limit=False,  # a small world supports fewer pieces; take what it has
+        vocab_size=pieces,
+        hard_vocab_limit=exact,
         model_type="unigram",
         pad_id=0,
         eos_id=1,
@@ -65,30 +68,34 @@ def _t5_tokenizer(path: Path, corpus: Sequence[str]):
     vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
     tok = T5Tokenizer(vocab=vocab, extra_ids=100)
+    Path(path).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(path))
     return tok
 
 
-def _bart_tokenizer(path: Path, corpus: Sequence[str]):
-    """A BART-layout byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3, ..., <mask> last)."""
+def train_bart_tokenizer(path: Path, corpus: Sequence[str], vocab_size: int = BART_VOCAB, both_spellings: bool = True):
+    """A BART-layout byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3, ..., <mask> last), at most
+    ``vocab_size`` entries. ``both_spellings``: also train on each text with a leading space (as BART sees
+    words mid-sentence)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import BartTokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=BART_VOCAB - 1,  # room for <mask>
+        vocab_size=vocab_size - 1,  # room for <mask>
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    # BART sees words with a leading space mid-sentence; train on both spellings of each text.
-    bpe.train_from_iterator([t for text in corpus for t in (text, " " + text)], trainer=trainer)
+    texts = [t for text in corpus for t in ((text, " " + text) if both_spellings else (text,))]
+    bpe.train_from_iterator(texts, trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     vocab: dict[str, int] = dict(model["vocab"])
     vocab["<mask>"] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = BartTokenizer(vocab=vocab, merges=merges)
+    Path(path).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(path))
     return tok
 
@@ -137,7 +144,7 @@ def make_backbones(
             raise DemoWorldError(f"unknown demo backbone family {family!r}; fix: use t5 or bart")
         path = Path(root) / "backbones" / DIR_NAMES[family]
         path.mkdir(parents=True, exist_ok=True)
-        (_t5_tokenizer if family == "t5" else _bart_tokenizer)(path, corpus)
+        (train_t5_tokenizer if family == "t5" else train_bart_tokenizer)(path, corpus)
         vocab = len(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
         torch.manual_seed(seed)
         model = model_class(family)(demo_config(family, vocab))
