@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlcli.features.common import Progress
 from vlcli.features.clip import ClipExtraction, extract_clip, resolve_weights
+from vlcli.features.common import Progress
 
 WORLD_MARKER = "demo/world.json"
 EXTRACTION_SEED = 0
