@@ -54,6 +54,13 @@ class RichReporter:
         render.err.print(f"[yellow]{text}[/]")
 
 
+def _quiet_libraries() -> None:
+    """transformers' own loading bars would interleave with ours: the CLI shows one progress display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _write_config(settings: Settings, out: Path) -> None:
     from vlcli.train.engine import atomic_json
 
@@ -86,6 +93,8 @@ def run_finetune(settings: Settings) -> None:
 
 def _run_finetune(settings: Settings) -> None:
     from vlcli.data.preflight import preflight
+
+    _quiet_libraries()
     from vlcli.train.engine import Engine, plot_curves, splits_for
 
     out = Path(settings.get("output"))
@@ -168,6 +177,8 @@ def run_eval(settings: Settings) -> dict[str, Any]:
 
 def _run_eval(settings: Settings) -> dict[str, Any]:
     from vlcli.data.preflight import preflight
+
+    _quiet_libraries()
     from vlcli.train.engine import atomic_json, splits_for
 
     roles = ("test",) if settings.get("test_only") else ("valid", "test")
@@ -186,6 +197,8 @@ def _run_eval(settings: Settings) -> dict[str, Any]:
 
 def run_submit(settings: Settings) -> None:
     from vlcli.data.preflight import preflight
+
+    _quiet_libraries()
     from vlcli.train.engine import splits_for
 
     preflight(settings, [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks])
