@@ -68,15 +68,20 @@ _VQA_ANN_EXAMPLE = '{"annotations": [{"question_id": 1, "answers": [{"answer": "
 _VQA_Q_EXAMPLE = '{"questions": [{"question_id": 1, "image_id": 9, "question": "..."}]}'
 
 
-def load_vqa_predictions(path: Path, role: str = "--predictions") -> dict[int, str]:
-    """``[{"question_id", "answer"}]`` (the submission format) -> ``{question_id: answer}``."""
-    items = _records(load_json(path, role), path, role, None, ("question_id", "answer"), _VQA_PRED_EXAMPLE)
+def _id_text_pairs(path: Path, role: str, id_key: str, text_key: str, example: str) -> dict[int, str]:
+    """``[{id_key: int, text_key: str}]`` -> ``{id: text}``; each id once."""
+    items = _records(load_json(path, role), path, role, None, (id_key, text_key), example)
     pairs = []
     for item in items:
-        if not isinstance(item["answer"], str):
-            raise MetricsInputError(f"{role} {path}: answer {item['answer']!r} is not a string")
-        pairs.append((_int_id(item["question_id"], path, role, "question_id"), item["answer"]))
-    return _unique(pairs, path, role, "question_id")
+        if not isinstance(item[text_key], str):
+            raise MetricsInputError(f"{role} {path}: {text_key} {item[text_key]!r} is not a string")
+        pairs.append((_int_id(item[id_key], path, role, id_key), item[text_key]))
+    return _unique(pairs, path, role, id_key)
+
+
+def load_vqa_predictions(path: Path, role: str = "--predictions") -> dict[int, str]:
+    """``[{"question_id", "answer"}]`` (the submission format) -> ``{question_id: answer}``."""
+    return _id_text_pairs(path, role, "question_id", "answer", _VQA_PRED_EXAMPLE)
 
 
 def load_vqa_annotations(path: Path, role: str = "--annotations") -> dict[int, dict[str, Any]]:
@@ -153,13 +158,7 @@ _CAP_ANN_EXAMPLE = '{"images": [{"id": 391895}], "annotations": [{"image_id": 39
 
 def load_caption_predictions(path: Path, role: str = "--predictions") -> dict[int, str]:
     """``[{"image_id", "caption"}]`` -> ``{image_id: caption}``."""
-    items = _records(load_json(path, role), path, role, None, ("image_id", "caption"), _CAP_PRED_EXAMPLE)
-    pairs = []
-    for item in items:
-        if not isinstance(item["caption"], str):
-            raise MetricsInputError(f"{role} {path}: caption {item['caption']!r} is not a string")
-        pairs.append((_int_id(item["image_id"], path, role, "image_id"), item["caption"]))
-    return _unique(pairs, path, role, "image_id")
+    return _id_text_pairs(path, role, "image_id", "caption", _CAP_PRED_EXAMPLE)
 
 
 def load_coco_references(path: Path, role: str = "--annotations") -> dict[int, list[str]]:
