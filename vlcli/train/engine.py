@@ -162,6 +162,16 @@ class Engine:
 
     def __init__(self, settings: Any, reporter: Reporter | None = None, ctx: dist.Context | None = None):
         self.settings = settings
+        if settings.get("deepspeed"):  # before anything expensive is built
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
+                                 "`pip install deepspeed`, or drop --deepspeed")
+            from vlcli.errors import NotImplementedYetError
+
+            raise NotImplementedYetError("not yet: --deepspeed (through accelerate) is not part of this version; "
+                                         "drop it to train with DDP")
         self.reporter = reporter or SilentReporter()
         self.ctx = ctx or dist.setup()
         self.out = Path(settings.get("output"))
@@ -179,16 +189,6 @@ class Engine:
             self.reporter.message("--fp16 ignored on CPU: training in float32")
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        if settings.get("deepspeed"):
-            import importlib.util
-
-            if importlib.util.find_spec("deepspeed") is None:
-                raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
-                                 "`pip install deepspeed`, or drop --deepspeed")
-            from vlcli.errors import NotImplementedYetError
-
-            raise NotImplementedYetError("not yet: --deepspeed (through accelerate) is not part of this version; "
-                                         "drop it to train with DDP")
 
     # ------------------------------------------------------------------------------------ data
 
