@@ -211,16 +211,10 @@ def run_submit(settings: Settings) -> None:
 
 def _read_predictions(path: Path, task: str) -> list[tuple[Any, Any]]:
     """(id, prediction) pairs from ``[{id, prediction}]`` or the task's official result format."""
-    import json
-
     from vlcli.errors import VlcliError
+    from vlcli.metrics.files import load_json
 
-    if not path.is_file():
-        raise VlcliError(f"--predictions {path}: no such file")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise VlcliError(f"--predictions {path}: not readable JSON ({exc})") from exc
+    rows = load_json(path, "--predictions")
     keys = {"vqa": ("question_id", "answer"), "gqa": ("questionId", "prediction"), "caption": ("image_id", "caption")}
     pairs = []
     if not isinstance(rows, list):
