@@ -97,6 +97,17 @@ def _field(record: dict, key: str, path: Path) -> Any:
     return record[key]
 
 
+def _write(path: Path, data: Any, count: int, written: Written) -> None:
+    """Write ``data`` as JSON (atomically) and record ``(path, count)``."""
+    write_json(path, data)
+    written.append((path, count))
+
+
+def _write_answer_table(out: Path, table: dict[str, int], label2ans: list[str], written: Written) -> None:
+    _write(out / "trainval_ans2label.json", table, len(table), written)
+    _write(out / "trainval_label2ans.json", label2ans, len(label2ans), written)
+
+
 def _copy(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
@@ -172,8 +183,7 @@ def convert_vqa(data: Path, out: Path, karpathy: Path | None = None, min_answer_
                 )
             records.append(record)
         by_split[split] = records
-        write_json(out / f"{split}.json", records)
-        written.append((out / f"{split}.json", len(records)))
+        _write(out / f"{split}.json", records, len(records), written)
     if karpathy is not None:
         image_split = _karpathy_image_splits(Path(karpathy))
         parts: dict[str, list[dict]] = {"karpathy_train": [], "karpathy_val": [], "karpathy_test": []}
@@ -183,14 +193,8 @@ def convert_vqa(data: Path, out: Path, karpathy: Path | None = None, min_answer_
                 if which is not None:
                     parts[f"karpathy_{'train' if which == 'restval' else which}"].append(record)
         for name, records in parts.items():
-            write_json(out / f"{name}.json", records)
-            written.append((out / f"{name}.json", len(records)))
-    write_json(out / "trainval_ans2label.json", table)
-    write_json(out / "trainval_label2ans.json", label2ans)
-    written += [
-        (out / "trainval_ans2label.json", len(table)),
-        (out / "trainval_label2ans.json", len(label2ans)),
-    ]
+            _write(out / f"{name}.json", records, len(records), written)
+    _write_answer_table(out, table, label2ans, written)
     for split, name in VQA_ANNOTATIONS.items():
         if split in annotations:
             _copy(data / name, out / name)
@@ -240,14 +244,8 @@ def convert_gqa(data: Path, out: Path, min_answer_count: int = 1) -> Written:
         splits[split] = records
     table, label2ans = answer_table(answers, min_answer_count)
     for split, records in splits.items():
-        write_json(out / f"{split}.json", records)
-        written.append((out / f"{split}.json", len(records)))
-    write_json(out / "trainval_ans2label.json", table)
-    write_json(out / "trainval_label2ans.json", label2ans)
-    written += [
-        (out / "trainval_ans2label.json", len(table)),
-        (out / "trainval_label2ans.json", len(label2ans)),
-    ]
+        _write(out / f"{split}.json", records, len(records), written)
+    _write_answer_table(out, table, label2ans, written)
     return written
 
 
@@ -285,8 +283,7 @@ def convert_nlvr(data: Path, out: Path) -> Written:
                     "uid": f"nlvr2_{split}_{i}",
                 }
             )
-        write_json(out / f"{split}.json", records)
-        written.append((out / f"{split}.json", len(records)))
+        _write(out / f"{split}.json", records, len(records), written)
     return written
 
 
