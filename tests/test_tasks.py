@@ -15,7 +15,7 @@ from tests.tiny import make_backbone_dir
 from vlcli import api
 from vlcli.data.features import ArrayStore
 from vlcli.errors import VlcliError
-from vlcli.tasks import TASKS, SubmissionError, TaskDataError, UnknownTaskError, get_task
+from vlcli.tasks import TASK_CLASSES, SubmissionError, TaskDataError, UnknownTaskError, get_task
 from vlcli.tasks.caption import coco_number
 from vlcli.tasks.vqa import ANSWER_MAX_LENGTH
 
@@ -125,7 +125,7 @@ def bart(backbones, data_root):
 
 
 def test_registry_names_and_unknown_task():
-    assert sorted(TASKS) == ["caption", "gqa", "nlvr", "vqa"]
+    assert sorted(TASK_CLASSES) == ["caption", "cls", "gqa", "nlvr", "pretrain", "refcoco", "vcr", "vqa"]
     assert get_task("gqa").name == "gqa"
     with pytest.raises(UnknownTaskError, match="'nlvr2'.*did you mean 'nlvr'"):
         get_task("nlvr2")

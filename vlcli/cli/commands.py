@@ -38,10 +38,10 @@ def _pending(command: str, res: Resolution, what: str) -> None:
 
 
 def _check_tasks_supported(command: str, res: Resolution) -> None:
-    """Exit 3 for tasks whose data side is not part of this version (RefCOCOg, VCR, cls)."""
-    from vlcli.tasks import TASKS
+    """Exit 3 for tasks no module implements yet."""
+    from vlcli.tasks import TASK_CLASSES
 
-    missing = [t for t in res.settings.derived.tasks if t not in TASKS]
+    missing = [t for t in res.settings.derived.tasks if t not in TASK_CLASSES]
     if missing:
         _pending(command, res, f"the {', '.join(missing)} task{'s' if len(missing) > 1 else ''}")
 

@@ -253,6 +253,30 @@ class BUTDStore(_H5Store):
         np.clip(boxes, 0.0, 1.0, out=boxes)
         return feats, boxes.astype(np.float32)
 
+    def extras(self, image_id: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        """Other datasets of an image's group, unprocessed (e.g. pixel ``boxes``, ``obj_id``, ``attr_id``,
+        ``img_h``); byte strings (``captions``) are decoded as UTF-8 into a ``str`` array. Only the first
+        ``n_boxes`` rows of per-box arrays are returned when ``n_boxes`` is set."""
+        f = self._h5.file()
+        try:
+            group = f[image_id]
+        except KeyError:
+            raise self._no_image(image_id) from None
+        out: dict[str, np.ndarray] = {}
+        for key in keys:
+            if key not in group:
+                raise FeatureError(
+                    f"{self.path}: image {image_id!r} has no dataset {key!r}; fix: use a file with {key} "
+                    "(the original's given-box extraction)"
+                )
+            value = np.asarray(group[key][()])
+            if value.ndim >= 1 and self.n_boxes is not None:
+                value = value[: self.n_boxes]
+            if value.dtype.kind in ("S", "O"):
+                value = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value.reshape(-1)])
+            out[key] = value
+        return out
+
     def __contains__(self, image_id: object) -> bool:
         return isinstance(image_id, str) and image_id in self._h5.file()
 

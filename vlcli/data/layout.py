@@ -61,6 +61,26 @@ DEFAULT_PATHS: dict[str, str] = {
     "vg.images": "VG/VG_100K",
     "gqa.images": "GQA/images",
     "nlvr.images": "nlvr/images",
+    # RefCOCOg (spec §1.5): REFER annotations and candidate boxes (GT instances / MAttNet detections)
+    "refcoco.refs": "RefCOCO/refcocog/refs(umd).p",
+    "refcoco.instances": "RefCOCO/refcocog/instances.json",
+    "refcoco.boxes.gt": "RefCOCO/refcocog/features/{split}_boxes_GT.h5",
+    "refcoco.boxes.detected": "RefCOCO/refcocog/features/{split}_boxes_mattnet.h5",
+    # VCR (spec §1.6)
+    "vcr.annotations": "VCR/{split}.jsonl",
+    "vcr.boxes.gt": "VCR/features/{split}_boxes_GT.h5",
+    "vcr.boxes.detected": "VCR/features/{split}_boxes36.h5",
+    "vcr.images": "VCR/vcr1images",
+    # image classification (spec §1.7): TinyImageNet
+    "cls.words": "tiny-imagenet-200/words.txt",
+    "cls.clip": "tiny-imagenet-200/clip_features/{split}/data_clip_{type}_att",
+    "cls.images": "tiny-imagenet-200/{split}",
+    # pretraining (spec §1.8): LXMERT files, VG vocabularies, the compact validation features
+    "pretrain.annotations": "lxmert/{split}.json",
+    "pretrain.answers": "lxmert/all_ans.json",
+    "vg.objects_vocab": "VG/objects_vocab.txt",
+    "vg.attributes_vocab": "VG/attributes_vocab.txt",
+    "coco.butd.resplit_val": "COCO/features/resplit_val_obj36.h5",
 }
 """Logical name -> path template relative to ``data_root``. ``{split}`` is one split name and
 ``{type}`` the CLIP ``feature_type``; an override may use the same placeholders or an absolute path."""
@@ -333,6 +353,16 @@ def layout_for(settings: Any, task: str, split: str, overrides: Mapping[str, str
     )
 
 
+def data_path(settings: Any, name: str, split: str = "") -> Path:
+    """The file or folder of logical ``name`` (see DEFAULT_PATHS) under the settings' ``data_root``, with
+    ``data_paths`` overrides applied; ``{split}`` and ``{type}`` (feature_type) filled in."""
+    r = _Resolver(_setting(settings, "data_root", "datasets"), str(_setting(settings, "feature_type", "butd")),
+                  _setting(settings, "data_paths", None))
+    if name not in DEFAULT_PATHS:
+        raise FeatureError(f"unknown data path name {name!r}; fix: use one of {', '.join(sorted(DEFAULT_PATHS))}")
+    return r.path(name, split)
+
+
 def _open(item: DataPath, n_boxes: int | None, feat_dim: int | None) -> FeatureStore:
     if item.kind == "butd":
         return BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
@@ -345,7 +375,7 @@ def _open(item: DataPath, n_boxes: int | None, feat_dim: int | None) -> FeatureS
 
 
 def open_features(
-    settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None
+    settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None, *, train: bool = False
 ) -> FeatureStore:
     """The feature store of ``task`` on ``split`` for the settings' ``feature_type`` (files open lazily).
 

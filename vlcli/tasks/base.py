@@ -258,6 +258,19 @@ class Task:
     uses_beams: bool = False
     # Default file name of the leaderboard file (spec data-and-eval §5).
     submission_file: str = "submit.json"
+    # The metric that selects BEST (multitask: averaged over tasks, see vlcli.train.scoring).
+    primary_metric: str = "accuracy"
+    # The dataset class build_dataset instantiates (a task with several inputs per example subclasses it).
+    dataset_class: type[TaskDataset] = TaskDataset
+
+    # ------------------------------------------------------------------------------ features
+
+    def open_store(self, settings: Settings, split: str, *, train: bool = False) -> FeatureStore:
+        """The visual inputs of ``split`` (:func:`vlcli.data.layout.open_features`); ``train`` selects
+        the training transform of raw images."""
+        from vlcli.data.layout import open_features
+
+        return open_features(settings, self.name, split, train=train)
 
     # ----------------------------------------------------------------------------- datasets
 
@@ -323,7 +336,7 @@ class Task:
         if not train and topk is not None and topk > 0:
             kept = {ex.id for ex in examples}
             references = {k: v for k, v in references.items() if k in kept}
-        return TaskDataset(
+        return self.dataset_class(
             self,
             split,
             examples,
@@ -389,6 +402,14 @@ class Task:
         out["loss_reduction"] = self.loss_reduction
         return out
 
+    def train_accuracy(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> tuple[int, int]:
+        """``(correct, counted)`` of a training batch for ``--log_train_accuracy``: examples whose
+        teacher-forced argmax equals the whole target."""
+        labels = batch["labels"]
+        valid = labels.ne(IGNORE_INDEX)
+        hit = (logits.detach().argmax(-1).eq(labels) | ~valid).all(dim=1) & valid.any(dim=1)
+        return int(hit.sum()), int(valid.any(dim=1).sum())
+
     # --------------------------------------------------------------------------- prediction
 
     def num_beams(self, settings: Settings) -> int:
@@ -411,6 +432,18 @@ class Task:
             **visual,
         )
         return {i: tokenizer.decode(row, skip_special_tokens=True) for i, row in zip(batch["ids"], ids, strict=True)}
+
+    # ------------------------------------------------------------------------------ metrics
+
+    def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
+              settings: Settings) -> dict[str, Any]:
+        """Metrics of ``predictions`` against ``references``, both restricted to the labelled ids
+        (:func:`vlcli.train.scoring.score` does that and dispatches here)."""
+        raise NotImplementedError(f"task {self.name!r} has no evaluator")
+
+    def labelled(self, reference: Any) -> bool:
+        """Whether ``reference`` can score a prediction (test / submission splits have none)."""
+        return reference is not None
 
     # --------------------------------------------------------------------------- submission
 

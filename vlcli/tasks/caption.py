@@ -9,7 +9,7 @@ is the token mean over the batch. Predictions are generated with ``--num_beams``
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ class CaptionTask(Task):
     """COCO captions (Karpathy split)."""
 
     name = "caption"
+    primary_metric = "CIDEr"
     splits = {"train": "karpathy_train", "valid": "karpathy_val", "test": "karpathy_test", "submit": "karpathy_test"}
     loss_reduction = "token"
     uses_beams = True
@@ -79,6 +80,16 @@ class CaptionTask(Task):
             else:
                 examples.append(Example(image_id, (image_id,), text))
         return examples, references
+
+    def labelled(self, reference: Any) -> bool:
+        return bool(reference)
+
+    def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
+              settings: Settings) -> dict[str, Any]:
+        """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE when available) via pycocoevalcap."""
+        from vlcli.metrics.caption import caption_metrics
+
+        return dict(caption_metrics(dict(predictions), dict(references)))
 
     def write_rows(self, rows: list[tuple[Hashable, Any]], path: Path) -> None:
         """COCO caption server format: ``[{"image_id": int, "caption": str}, ...]``."""

@@ -7,7 +7,7 @@ Input ``{prompt}{sent}{post_prompt}`` (prompt ``gqa: ``, or the original's ``gpa
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,15 @@ class GQATask(Task):
             examples.append(ex)
             references[qid] = label
         return examples, references
+
+    def labelled(self, reference: Any) -> bool:
+        return bool(reference)
+
+    def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
+              settings: Settings) -> dict[str, Any]:
+        from vlcli.metrics.gqa import gqa_accuracy
+
+        return {"accuracy": gqa_accuracy(dict(predictions), dict(references))["accuracy"]}
 
     def write_rows(self, rows: list[tuple[Hashable, Any]], path: Path) -> None:
         """GQA format: ``[{"questionId": str, "prediction": str}, ...]``."""

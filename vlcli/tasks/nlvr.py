@@ -95,6 +95,14 @@ class NLVRTask(Task):
         answers = [TRUE if bool(t > f) else FALSE for t, f in logits.tolist()]
         return dict(zip(batch["ids"], answers, strict=True))
 
+    def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
+              settings: Settings) -> dict[str, Any]:
+        """Accuracy and consistency (official grouping of statements by their identifier)."""
+        from vlcli.metrics.nlvr import nlvr_metrics
+
+        result = nlvr_metrics(dict(predictions), dict(references))
+        return {"accuracy": result["accuracy"], "consistency": result["consistency"]}
+
     def write_rows(self, rows: list[tuple[Hashable, Any]], path: Path) -> None:
         """Official CSV: ``identifier,True|False`` per line, no header (as the original's submit.csv)."""
         with path.open("w", encoding="utf-8", newline="") as fh:

@@ -8,7 +8,7 @@ example loss is multiplied by that score. ``--raw_label`` draws one of the ten h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,25 @@ class VQATask(Task):
             examples.append(ex)
             references[ex.id] = rec
         return examples, references
+
+    def labelled(self, reference: Any) -> bool:
+        return reference is not None and bool(reference.get("answers") or reference.get("label"))
+
+    def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
+              settings: Settings) -> dict[str, Any]:
+        """VQA accuracy against the human ``answers`` of the question records (evaluator version
+        ``vlt5``, what the paper reports), per answer type too; records without them (e.g. test-dev)
+        are scored by the soft score of ``label`` (the original's "top-k score")."""
+        from vlcli.metrics.vqa import DEFAULT_MODE, vqa_accuracy
+
+        with_answers = {k: references[k] for k in predictions if references[k].get("answers")}
+        if len(with_answers) == len(predictions):
+            result = vqa_accuracy(dict(predictions), with_answers, mode=DEFAULT_MODE)
+            out = {"accuracy": result["overall"]}
+            out.update({f"accuracy/{t}": v for t, v in result["perAnswerType"].items()})
+            return out
+        total = sum(float((references[k].get("label") or {}).get(str(v).strip(), 0.0)) for k, v in predictions.items())
+        return {"accuracy": round(100.0 * total / len(predictions), 2)}
 
     def write_rows(self, rows: list[tuple[Hashable, Any]], path: Path) -> None:
         """EvalAI format: ``[{"question_id": int, "answer": str}, ...]``."""

@@ -160,8 +160,12 @@ class History:
 class Engine:
     """Builds tokenizer, model, data and optimiser from validated settings; trains, evaluates, predicts."""
 
-    def __init__(self, settings: Any, reporter: Reporter | None = None, ctx: dist.Context | None = None):
+    def __init__(self, settings: Any, reporter: Reporter | None = None, ctx: dist.Context | None = None,
+                 epoch_checkpoints: bool = False):
+        """``epoch_checkpoints``: also keep ``EpochNN`` (NN = epoch + 1, two digits) after every epoch
+        (pretraining, as the original)."""
         self.settings = settings
+        self.epoch_checkpoints = epoch_checkpoints
         if settings.get("deepspeed"):  # before anything expensive is built
             import importlib.util
 
@@ -195,11 +199,9 @@ class Engine:
     def dataset(self, task: str, split: str, train: bool) -> TaskDataset:
         key = (task, split, train)
         if key not in self._datasets:
-            from vlcli.data.layout import open_features
-
-            store = open_features(self.settings, task, split)
-            self._datasets[key] = get_task(task).build_dataset(self.settings, split, self.tokenizer, store,
-                                                               train=train)
+            impl = get_task(task)
+            store = impl.open_store(self.settings, split, train=train)
+            self._datasets[key] = impl.build_dataset(self.settings, split, self.tokenizer, store, train=train)
         return self._datasets[key]
 
     def loader(self, dataset: TaskDataset, batch_size: int, train: bool) -> DataLoader:
@@ -327,7 +329,7 @@ class Engine:
                             f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
                             "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
                     if log_accuracy and "labels" in batch:
-                        correct, total = _exact_matches(out.logits, batch["labels"])
+                        correct, total = get_task(task).train_accuracy(out.logits, batch)
                         train_correct += correct
                         train_total += total
                     scaled = loss / accumulation
@@ -379,6 +381,8 @@ class Engine:
                 self.save("BEST")
             self.history.records.append(record)
             self.save("LAST", self._state(optimizers, schedulers, epoch + 1, 0, global_step))
+            if self.epoch_checkpoints:
+                self.save(f"Epoch{epoch + 1:02d}")
             self._append_metrics(record)
             self.reporter.epoch_end(epoch, record)
         if self.history.best is None:  # no validation score at all: LAST is the best we have
@@ -461,13 +465,6 @@ class Engine:
                 path = self.out / f"{task}_{impl.submission_file}"
                 written[task] = (path, impl.write_submission(predictions, ds, path))
         return written
-
-
-def _exact_matches(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """Examples whose teacher-forced argmax equals the whole target (``--log_train_accuracy``)."""
-    valid = labels.ne(-100)
-    hit = (logits.detach().argmax(-1).eq(labels) | ~valid).all(dim=1) & valid.any(dim=1)
-    return int(hit.sum()), int(valid.any(dim=1).sum())
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
