@@ -170,11 +170,6 @@ def test_open_features_wrong_clip_width(tmp_path):
         store.get("COCO_val2014_1")
 
 
-def test_open_features_raw_is_not_a_store(tmp_path):
-    with pytest.raises(FeatureError, match="raw_RN101 reads raw images through the raw-image path"):
-        open_features(settings(tmp_path, feature_type="raw_RN101"), "vqa", "karpathy_train")
-
-
 # --- preflight -----------------------------------------------------------------------------------
 
 

@@ -10,7 +10,6 @@ import torch
 
 from tests.tiny import make_backbone_dir
 from vlcli import api
-from vlcli.errors import NotImplementedYetError
 from vlcli.peft.adapters import AdapterController, PHMLinear
 
 FEAT = 16
@@ -221,12 +220,12 @@ def test_encoder_prompts_extend_the_encoder_input(dirs):
     assert out.encoder_last_hidden_state.shape[1] == 3 + enc["input_ids"].shape[1] + 4
 
 
-def test_methods_of_later_versions_exit_3():
+def test_visual_adapters_go_into_the_in_model_encoder_on_meta():
     settings = api.load_settings(
         task="vqa", backbone="facebook/bart-base", feature_type="raw_RN50", use_vis_adapter=True
     )
-    with pytest.raises(NotImplementedYetError, match="use_vis_adapter"):
-        api.build_model(settings, device="meta")
+    model = api.build_model(settings, device="meta")
+    assert any(".vis_adapters." in n for n, _ in model.visual_encoder.named_parameters())
 
 
 # ----------------------------------------------------------------- LM-head adapter, track_z, visual adapters

@@ -97,3 +97,29 @@ def make_world(root: Path, n_train: int = 12, n_eval: int = 4, seed: int = 0) ->
                                          for j in range(2)]})
     (root / "COCO" / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     return root
+
+
+def write_raw_images(root: Path, size: int = 64) -> int:
+    """A PNG per image id of the world (a square of the id's colour on grey) in the raw-image folders
+    the ``raw_*`` feature types read (COCO/images/<set>, VG/VG_100K, GQA/images, nlvr/images)."""
+    from PIL import Image
+
+    root = Path(root)
+    palette = [(220, 30, 30), (30, 30, 220), (30, 180, 30)]  # COLORS
+    n = 0
+    for h5 in sorted(root.glob("**/clip_features/*/*.h5")):
+        image_id = h5.stem
+        with h5py.File(h5, "r") as f:
+            color = int(np.argmax(np.asarray(f["features"])[0, : 8 * len(COLORS)]) // 8)
+        if image_id.startswith("COCO_"):
+            folder = root / "COCO/images" / image_id.split("_")[1]
+        elif h5.parts[-4] == "nlvr":
+            folder = root / "nlvr/images"
+        else:
+            folder = root / h5.parts[-4] / ("VG_100K" if h5.parts[-4] == "VG" else "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        image = Image.new("RGB", (size, size), (90, 90, 90))
+        image.paste(palette[color], (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+        image.save(folder / f"{image_id}.png")
+        n += 1
+    return n

@@ -87,7 +87,8 @@ def save_checkpoint(
     from vlcli.model.checkpoint import save_checkpoint as _save
     from vlcli.model.manifest import describe
 
-    return _save(model, path, describe(model, settings), full=full)
+    return _save(model, path, describe(model, settings), full=full,
+                 extra_keys=[] if full else model.checkpoint_buffers())
 
 
 def load_checkpoint(

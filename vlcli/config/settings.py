@@ -196,7 +196,10 @@ class VisualEncoderSettings(Section):
     freeze_ln_statistics: Bool = F(False, "Original flag; a no-op (layer norms keep no statistics).")
     use_separate_optimizer_for_visual: Bool = F(False, "Separate optimiser groups for the CLIP encoder (vis_lr, vis_weight_decay).")
     use_adam_for_visual: Bool = F(False, "With a separate visual group: AdamW (true) or SGD (false).")
-    use_data_augmentation: Bool = F(False, "Random resize-crop, flip and erasing of raw training images.")
+    use_data_augmentation: Bool = F(False, "Random crop (reflect-padded) and erasing of raw training images; flips see augment_hflip.")
+    augment_hflip: Bool = F(False, "With use_data_augmentation: also flip images horizontally in tasks whose text says left/right (all but cls).")
+    clip_weights: OptStr = F(None, "Weights of the in-model CLIP encoder: an open_clip tag (default openai) or a local CLIP weight file.")
+    clip_random_init: Bool = F(False, "Random (seeded, meaningless) CLIP encoder weights: for tests and demos without the download.")
 
 
 class InferenceSettings(Section):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from vlcli.errors import VlcliError
+from vlcli.model.image_encoder import ImageEncoderConfig, build_image_encoder
 from vlcli.model.presets import PRESETS, architecture_config, backbone_info, model_class
 from vlcli.model.tokenizer import N_EXTRA, N_VIS, VLTokenizer, build_vl_tokenizer
 from vlcli.model.visual import VisualConfig
@@ -189,6 +190,9 @@ def build_model(
         model = VLModel(
             lm, family, visual, backbone=backbone, generation_defaults=GENERATION_DEFAULTS[family]
         )
+        encoder = ImageEncoderConfig.from_settings(settings) if visual is not None else None
+        if encoder is not None:
+            model.visual_encoder = build_image_encoder(encoder, meta=meta)
         apply_peft(model, settings)
     if not meta:
         model.to(device)

@@ -21,6 +21,9 @@ def describe(model: Any, settings: Any | None = None) -> dict[str, Any]:
         "d_model": model.d_model,
         "visual": model.visual.as_dict() if model.visual is not None else None,
     }
+    encoder = getattr(model, "visual_encoder", None)
+    if encoder is not None:
+        info["image_encoder"] = encoder.config.as_dict()
     if settings is not None:
         info["tasks"] = list(settings.derived.tasks) if settings.derived else []
         info["feature_type"] = settings.get("feature_type")

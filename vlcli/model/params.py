@@ -46,6 +46,11 @@ def set_trainable(model: nn.Module, settings: Any) -> None:
     for module in model.modules():
         if getattr(module, "parameter_group", None) in PEFT_GROUPS:
             module.requires_grad_(True)
+    encoder = getattr(model, "visual_encoder", None)
+    if encoder is not None:
+        from vlcli.model.image_encoder import set_encoder_trainable
+
+        set_encoder_trainable(encoder, settings)
     if settings.get("use_lora") and settings.get("lora_train_biases"):
         for name, param in lm.named_parameters():
             if name.endswith(".bias"):

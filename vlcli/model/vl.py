@@ -197,6 +197,8 @@ class VLModel(nn.Module):
         # Not registered as submodules: they already belong to ``lm``. Found again after a deepcopy.
         self._span_paths = [_path_of(lm, m) for m in _install_text_span(lm, family, share)]
         self.generation_defaults = dict(generation_defaults or {})
+        # The in-model CLIP encoder of raw_* feature types (vlcli.model.image_encoder), set by build_model.
+        self.visual_encoder: nn.Module | None = None
         self.lambda_z = 0.0  # weight of the adapter-activation penalty (--track_z / --lambda_z)
 
     # ------------------------------------------------------------------------------ properties
@@ -279,6 +281,26 @@ class VLModel(nn.Module):
                 vis_attention_mask = vis_attention_mask.gather(1, idx)
         return embeds, vis_attention_mask
 
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Raw images (B, 3, H, W) or (B, I, 3, H, W) -> CLIP grid features (B, N, C) / (B, I, N, C)."""
+        if self.visual_encoder is None:
+            raise VisualInputError("this model has no image encoder; pass precomputed features (B, N, feat_dim)")
+        if pixels.dim() == 5:
+            b, n_img = pixels.shape[:2]
+            out = self.visual_encoder(pixels.reshape(b * n_img, *pixels.shape[2:]))
+            return out.reshape(b, n_img, *out.shape[1:])
+        if pixels.dim() != 4:
+            raise VisualInputError(
+                f"raw images must be (B, 3, H, W) or (B, images, 3, H, W); got shape {tuple(pixels.shape)}"
+            )
+        return self.visual_encoder(pixels)
+
+    def checkpoint_buffers(self) -> list[str]:
+        """State keys adapter-only checkpoints must hold besides trainable parameters (see image_encoder)."""
+        if self.visual_encoder is None:
+            return []
+        return self.visual_encoder.changing_buffers("visual_encoder.")
+
     def encode(
         self,
         input_ids: torch.Tensor,
@@ -305,6 +327,8 @@ class VLModel(nn.Module):
             embeds = torch.cat([p, embeds], dim=1)
             mask = torch.cat([mask.new_ones(mask.shape[0], prefix), mask], dim=1)
         text_length = embeds.shape[1]
+        if vis_feats is not None and self.visual_encoder is not None:
+            vis_feats, vis_pos = self.encode_images(vis_feats), None
         if vis_feats is not None:
             vis, vis_mask = self.embed_visual(
                 vis_feats, vis_pos, img_order_ids, obj_order_ids, vis_attention_mask

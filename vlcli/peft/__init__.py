@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlcli.errors import NotImplementedYetError
 from vlcli.peft.adapters import AdapterController, AdapterSpec, OutputAdapter
 from vlcli.peft.hyperformer import build_hyperformer
 from vlcli.peft.lora import LoRA
@@ -31,10 +30,6 @@ class SharedPHMRule(nn.Module):
     def __init__(self, n: int, init_range: float):
         super().__init__()
         self.rule = nn.Parameter(torch.empty(n, n, n).normal_(0, init_range))
-
-
-def _not_yet(what: str) -> NotImplementedYetError:
-    return NotImplementedYetError(f"not yet: {what} is not part of this version (see CHANGELOG.md)")
 
 
 def apply_peft(model: nn.Module, settings: Any) -> None:
@@ -57,8 +52,12 @@ def apply_peft(model: nn.Module, settings: Any) -> None:
             ln_before=s("add_layer_norm_before_adapter"),
             ln_after=s("add_layer_norm_after_adapter"),
         )
-    if s("use_vis_adapter"):
-        raise _not_yet("--use_vis_adapter (visual adapters on the in-model CLIP encoder)")
+    encoder = getattr(model, "visual_encoder", None)
+    if s("use_vis_adapter") and encoder is not None:  # precomputed features: ignored (rule R25 warns)
+        from vlcli.peft.visual_adapters import inject_visual_adapters
+
+        inject_visual_adapters(encoder.tower, s("vis_adapter_type"), s("vis_reduction_factor"),
+                               s("remove_bn_vis_adapter"))
 
     kind = next(
         (

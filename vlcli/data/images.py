@@ -1,0 +1,125 @@
+"""Raw images as a feature store, for the ``raw_*`` feature types (spec data-and-eval §2.6).
+
+:class:`ImageStore` maps an image id to its file in a folder (``{id}.jpg``, ``.png``, ... found once by
+listing the folder, sub-folders included) and returns ``(pixels (3, S, S) float32, boxes (0, 4))``:
+the CLIP encoder inside the model turns the pixels into visual tokens with all-zero boxes, so the
+dataset, collate and batch code of precomputed features is used unchanged (NLVR2's two images become
+(2, 3, S, S) per example and (B, 2, 3, S, S) per batch).
+
+Transforms (``S`` = ``image_size``):
+
+* evaluation, and training without ``use_data_augmentation``: resize to exactly S×S (bicubic, aspect
+  ratio not kept — the original), RGB, [0, 1], CLIP mean/std;
+* training with ``use_data_augmentation``: the same resize, then a random crop of S×S after
+  reflect-padding by ``int(0.0625·S)`` pixels, normalisation, and random erasing (p = 0.5, torchvision's
+  defaults), as the original. Horizontal flips: the original flipped every task's images although
+  questions and statements talk about left and right; here flips are on only for ``cls`` unless
+  ``augment_hflip`` asks for them everywhere.
+
+Random draws use torch's global generator (per DataLoader worker: torch seeds each worker).
+Missing or unreadable images raise :class:`~vlcli.data.features.FeatureError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from vlcli.data.features import FeatureError, FeatureStore
+from vlcli.features.images import CLIP_MEAN, CLIP_STD, IMAGE_SUFFIXES, Preprocess
+
+FLIP_SAFE_TASKS = ("cls",)
+"""Tasks whose text never depends on left / right: flipped by default when augmenting."""
+
+
+class ImageTransform:
+    """Pixels of one image: the eval transform, or with ``augment`` the original's training augmentation."""
+
+    def __init__(self, size: int, augment: bool = False, hflip: bool = False):
+        self.size = size
+        self.augment = augment
+        self.hflip = hflip
+        self.base = Preprocess(size, "squash", CLIP_MEAN, CLIP_STD)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = self.base(image)  # (3, S, S), normalised
+        if not self.augment:
+            return pixels
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            pixels = pixels.flip(-1)
+        pad = int(0.0625 * self.size)
+        if pad:
+            # Reflect-padding of the normalised image equals normalising the padded one (per-channel affine).
+            padded = torch.nn.functional.pad(pixels[None], (pad, pad, pad, pad), mode="reflect")[0]
+            top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+            pixels = padded[:, top : top + self.size, left : left + self.size]
+        from torchvision.transforms import RandomErasing
+
+        return RandomErasing(p=0.5)(pixels.contiguous())
+
+    def describe(self) -> dict[str, object]:
+        return {**self.base.describe(), "augment": self.augment, "hflip": self.hflip and self.augment}
+
+
+class ImageStore(FeatureStore):
+    """Image files of one folder by id; ``get`` returns ``(pixels (3, S, S), boxes (0, 4))``."""
+
+    def __init__(self, folder: str | os.PathLike[str], transform: ImageTransform, hint: str | None = None):
+        self.folder = Path(folder)
+        self.transform = transform
+        self.hint = hint
+        self._index: dict[str, Path] | None = None
+
+    @property
+    def feat_dim(self) -> int:  # type: ignore[override]
+        return 3  # channels: the features are made inside the model
+
+    def _files(self) -> dict[str, Path]:
+        if self._index is None:
+            if not self.folder.is_dir():
+                fix = self.hint or "check data_root and the path overrides (docs/data.md)"
+                raise FeatureError(f"{self.folder}: image folder not found; fix: {fix}")
+            index: dict[str, Path] = {}
+            for path in sorted(self.folder.rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                    index.setdefault(path.stem, path)
+            self._index = index
+        return self._index
+
+    def path_of(self, image_id: str) -> Path:
+        try:
+            return self._files()[image_id]
+        except KeyError:
+            raise FeatureError(
+                f"{self.folder}: no image file for id {image_id!r} (looked for {image_id}.jpg/.png/...); "
+                "fix: put the raw images there or point the images path at them (docs/data.md)"
+            ) from None
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        path = self.path_of(image_id)
+        try:
+            with Image.open(path) as image:
+                image.load()
+                pixels = self.transform(image)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise FeatureError(f"{path}: cannot read image {image_id!r} ({exc}); fix: replace or remove the file") from None
+        return pixels.numpy(), np.zeros((0, 4), np.float32)
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and image_id in self._files()
+
+    def ids(self) -> Iterable[str]:
+        return list(self._files())
+
+
+def image_transform(settings, task: str, train: bool) -> ImageTransform:
+    """The transform of ``task``'s raw images for training (``train``) or evaluation."""
+    size = int(settings.get("image_size")[0])
+    augment = bool(train and settings.get("use_data_augmentation"))
+    hflip = task in FLIP_SAFE_TASKS or bool(settings.get("augment_hflip"))
+    return ImageTransform(size, augment=augment, hflip=hflip)
