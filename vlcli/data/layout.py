@@ -75,6 +75,7 @@ DEFAULT_PATHS: dict[str, str] = {
     "cls.words": "tiny-imagenet-200/words.txt",
     "cls.clip": "tiny-imagenet-200/clip_features/{split}/data_clip_{type}_att",
     "cls.images": "tiny-imagenet-200/{split}",
+    "cls.val_annotations": "tiny-imagenet-200/{split}/val_annotations.txt",
     # pretraining (spec §1.8): LXMERT files, VG vocabularies, the compact validation features
     "pretrain.annotations": "lxmert/{split}.json",
     "pretrain.answers": "lxmert/all_ans.json",
@@ -380,14 +381,16 @@ def open_features(
     """The feature store of ``task`` on ``split`` for the settings' ``feature_type`` (files open lazily).
 
     BUTD files keep the first ``n_boxes`` regions (``max_n_boxes`` for captioning); CLIP grids are
-    returned whole (token reduction happens in the model). ``raw_*`` types have no store.
+    returned whole (token reduction happens in the model). ``raw_*`` types give an
+    :class:`~vlcli.data.images.ImageStore` of the image folders, with the training transform when ``train``.
     """
     layout = layout_for(settings, task, split, overrides)
     if layout.feature_type in RAW_FEATURE_TYPES:
-        raise FeatureError(
-            f"feature_type {layout.feature_type} reads raw images through the raw-image path, not a feature store; "
-            "fix: use the raw-image dataset, or set feature_type to butd/RN50/RN101/RN50x4/ViT for precomputed features"
-        )
+        from vlcli.data.images import ImageStore, image_transform
+
+        transform = image_transform(settings, task, train)
+        images = {key: ImageStore(item.path, transform, hint=item.creates) for key, item in layout.features.items()}
+        return next(iter(images.values())) if len(images) == 1 else RoutedStore(images, layout.route)
     n_boxes = None
     if layout.feature_type == "butd":
         n_boxes = int(_setting(settings, "max_n_boxes" if task == "caption" else "n_boxes", 36))

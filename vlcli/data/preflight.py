@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vlcli.data.features import FeatureError
+from vlcli.data.layout import TASKS as LAYOUT_TASKS
 from vlcli.data.layout import DataPath, layout_for, merge_paths
 
 
@@ -64,7 +65,12 @@ def required_paths(
     """Every annotation file and feature file/folder the given task splits read, without repeats."""
     items: list[DataPath] = []
     for task, split in _pairs(tasks_and_splits):
-        items += layout_for(settings, task, split, overrides).paths()
+        if task in LAYOUT_TASKS:
+            items += layout_for(settings, task, split, overrides).paths()
+        else:  # the other tasks describe their own files
+            from vlcli.tasks import get_task
+
+            items += get_task(task).required_paths(settings, split)
     return merge_paths(items)
 
 

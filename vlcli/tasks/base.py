@@ -28,6 +28,7 @@ from vlcli.errors import VlcliError
 if TYPE_CHECKING:
     from vlcli.config.settings import Settings, TaskRun
     from vlcli.data.features import FeatureStore
+    from vlcli.data.layout import DataPath
     from vlcli.model.tokenizer import VLTokenizer
     from vlcli.model.vl import VLModel
 
@@ -264,6 +265,13 @@ class Task:
     dataset_class: type[TaskDataset] = TaskDataset
 
     # ------------------------------------------------------------------------------ features
+
+    def required_paths(self, settings: Settings, split: str) -> list[DataPath]:
+        """Files and folders ``split`` reads, for :func:`vlcli.data.preflight.preflight` (vqa, gqa, nlvr and
+        caption are described by :mod:`vlcli.data.layout`; other tasks override this)."""
+        from vlcli.data.layout import layout_for
+
+        return layout_for(settings, self.name, split).paths()
 
     def open_store(self, settings: Settings, split: str, *, train: bool = False) -> FeatureStore:
         """The visual inputs of ``split`` (:func:`vlcli.data.layout.open_features`); ``train`` selects
