@@ -131,10 +131,10 @@ def test_missing_value(cli):
     assert r.code == 2 and "--lr needs a value" in r.err
 
 
-def test_valid_command_reports_pending_work(cli):
-    r = cli("pretrain")
-    assert r.code == 3
-    assert "configuration valid" in r.err and "Traceback" not in r.err
+def test_pretrain_without_data_names_the_missing_files(cli, tmp_path):
+    r = cli("pretrain", "--data_root", str(tmp_path))
+    assert r.code == 2 and "Traceback" not in r.err
+    assert "lxmert/mscoco_resplit_train.json" in r.err and "data paths missing" in r.err
 
 
 def test_finetune_without_data_names_the_missing_files(cli, tmp_path):

@@ -1,8 +1,7 @@
 """`finetune`, `pretrain`, `eval`, `submit`, `extract-features`: validate the full configuration, then run.
 
-`finetune`, `eval` and `submit` run the engine (`vlcli/cli/training.py`) for the implemented tasks and
-`extract-features` the extractor (`vlcli/features/`); `pretrain` and the tasks of later versions validate
-everything they are given, report warnings and stop with a clear message (exit code 3).
+`finetune`, `pretrain`, `eval` and `submit` run the engine (`vlcli/cli/training.py`) and `extract-features`
+the extractor (`vlcli/features/`).
 """
 
 from pathlib import Path
@@ -14,7 +13,7 @@ from rich.markup import escape
 from vlcli.cli import render
 from vlcli.cli.common import AdapterOption, ProfileOption, TaskArgument, resolve_command, settings_options
 from vlcli.config.resolve import Resolution
-from vlcli.errors import ConfigError, Issue, NotImplementedYetError, VlcliError
+from vlcli.errors import ConfigError, Issue, VlcliError
 
 
 def _validated(command: str, task: Optional[str], profile: Optional[list[str]], adapter: Optional[str],
@@ -28,30 +27,6 @@ def _validated(command: str, task: Optional[str], profile: Optional[list[str]], 
     return res
 
 
-def _pending(command: str, res: Resolution, what: str) -> None:
-    d = res.settings.derived if res.settings else None
-    tasks = ",".join(d.tasks) if d and d.tasks else "-"
-    raise NotImplementedYetError(
-        f"`vlcli {command}` (tasks: {tasks}): configuration valid; {what} is not part of vlcli "
-        f"{_version()} yet. `vlcli inspect-config` shows the resolved configuration."
-    )
-
-
-def _check_tasks_supported(command: str, res: Resolution) -> None:
-    """Exit 3 for tasks no module implements yet."""
-    from vlcli.tasks import TASK_CLASSES
-
-    missing = [t for t in res.settings.derived.tasks if t not in TASK_CLASSES]
-    if missing:
-        _pending(command, res, f"the {', '.join(missing)} task{'s' if len(missing) > 1 else ''}")
-
-
-def _version() -> str:
-    from vlcli import __version__
-
-    return __version__
-
-
 @settings_options
 def finetune(
     task: Optional[str] = TaskArgument,
@@ -61,7 +36,6 @@ def finetune(
 ) -> None:
     """Fine-tune on one task (`vlcli finetune vqa`) or a mix (`vlcli finetune multitask --tasks vqa,gqa`)."""
     res = _validated("finetune", task, profile, adapter, overrides)
-    _check_tasks_supported("finetune", res)
     from vlcli.cli.training import run_finetune
 
     run_finetune(res.settings)
@@ -73,9 +47,12 @@ def pretrain(
     adapter: Optional[str] = AdapterOption,
     overrides: Any = None,
 ) -> None:
-    """Vision-language pretraining with the objectives in --losses (lm, qa, itm, ground_caption, refer)."""
-    res = _validated("pretrain", None, profile, adapter, overrides, needs_tasks=False)
-    _pending("pretrain", res, "pretraining")
+    """Vision-language pretraining on LXMERT data with the objectives in --losses (lm, qa, itm,
+    ground_caption, refer, caption); an EpochNN checkpoint after every epoch."""
+    res = _validated("pretrain", None, profile, adapter, overrides)
+    from vlcli.cli.training import run_pretrain
+
+    run_pretrain(res.settings)
 
 
 EVAL_PANEL = "Scoring a predictions file"
@@ -114,7 +91,6 @@ def evaluate(
         res = _validated("eval", task, profile, adapter, overrides)
         if res.settings.derived.load_path is None:
             raise VlcliError("`vlcli eval` needs --load <checkpoint or run directory> (or --predictions FILE)")
-        _check_tasks_supported("eval", res)
         from vlcli.cli.training import run_eval
 
         run_eval(res.settings)
@@ -194,7 +170,6 @@ def submit(
     """Write leaderboard files in the official formats, every id of the split exactly once: from a
     checkpoint (`--load`) or from a predictions file (`vlcli submit vqa --predictions P.json`)."""
     res = _validated("submit", task, profile, adapter, overrides)
-    _check_tasks_supported("submit", res)
     from vlcli.cli.training import run_submit, submit_predictions_file
 
     if predictions is not None:
@@ -212,10 +187,6 @@ EXTRACT_PANEL = "Extraction"
 def extract_features(
     images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (or a text file listing image paths).", rich_help_panel="Extraction"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder for the h5 feature files.", rich_help_panel="Extraction"),
-    clip_weights: Optional[str] = typer.Option(
-        None, "--clip_weights", "--clip-weights", metavar="TAG|PATH",
-        help="CLIP weights: an open_clip pretrained tag (downloaded once; default 'openai') or a local weight file "
-        "(OpenAI .pt, open_clip checkpoint, .safetensors).", rich_help_panel=EXTRACT_PANEL, show_default=False),
     random_init: bool = typer.Option(
         False, "--random_init", "--random-init", help="Random (seeded) weights instead of CLIP's: tests and demos only; "
         "the features are meaningless.", rich_help_panel=EXTRACT_PANEL),
@@ -264,8 +235,7 @@ def extract_features(
     if not images.exists():
         raise VlcliError(f"--images {images}: no such folder or file")
     res = resolve_command("extract-features", None, profile, None, overrides)
-    # R25 calls image_size "ignored" for precomputed feature types; extraction uses it.
-    render.issue_lines([w for w in res.warnings if not (w.rule == "R25" and set(w.fields) <= {"image_size"})])
+    render.issue_lines(res.warnings)
     settings = res.settings
     explicit = res.explicit
 
@@ -285,7 +255,8 @@ def extract_features(
         feature_type=feature_type,
         images=list_images(images),
         out=out,
-        weights=resolve_weights(feature_type, clip_weights, random_init, int(settings.get("seed"))),
+        weights=resolve_weights(feature_type, settings.get("clip_weights"),
+                                random_init or bool(settings.get("clip_random_init")), int(settings.get("seed"))),
         image_size=image_size,
         batch_size=int(settings.get("batch_size")) if "batch_size" in explicit else None,
         num_workers=int(settings.get("num_workers")),

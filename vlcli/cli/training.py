@@ -1,4 +1,4 @@
-"""What `finetune`, `eval --load` and `submit` do once their settings are valid (rich progress and tables)."""
+"""What `finetune`, `pretrain`, `eval --load` and `submit` do once their settings are valid (rich output)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vlcli.cli import render
+from vlcli.config.resolve import EXPLICIT_KEY
 from vlcli.config.settings import Settings
 
 
@@ -64,7 +65,10 @@ def _quiet_libraries() -> None:
 def _write_config(settings: Settings, out: Path) -> None:
     from vlcli.train.engine import atomic_json
 
-    atomic_json(out / "config.json", settings.flat(mode="json"))
+    data = settings.flat(mode="json")
+    if settings.derived is not None:
+        data[EXPLICIT_KEY] = settings.derived.explicit
+    atomic_json(out / "config.json", data)
 
 
 def _results_table(title: str, results: dict[str, Any]) -> Table:
@@ -139,6 +143,54 @@ def _run_finetune(settings: Settings) -> None:
         summary.add_row("samples/s (last epoch)", f"{last['samples_per_s']:.1f}")
     for task, (path, rows) in written.items():
         summary.add_row(f"{task} submission", f"{path} ({rows:,} rows)")
+    render.out.print(summary)
+
+
+def run_pretrain(settings: Settings) -> None:
+    """`vlcli pretrain`: the engine on the ``pretrain`` task, an ``EpochNN`` checkpoint after every epoch."""
+    from vlcli.train import dist
+
+    try:
+        _run_pretrain(settings)
+    finally:
+        dist.teardown()
+
+
+def _run_pretrain(settings: Settings) -> None:
+    _quiet_libraries()
+    from vlcli.tasks import get_task
+    from vlcli.train.engine import Engine, plot_curves, splits_for
+
+    out = Path(settings.get("output"))
+    splits = splits_for(settings, "pretrain")
+    get_task("pretrain").preflight(settings, splits["train"], splits["valid"])
+    engine = Engine(settings, RichReporter(), epoch_checkpoints=True)
+    if engine.ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_config(settings, out)
+    if settings.derived.load_path and not settings.get("resume"):
+        engine.load_weights(settings.derived.load_path)  # initial weights; the epoch count starts at 1
+    history = engine.fit(resume=settings.get("resume"))
+    if not engine.ctx.is_main:
+        return
+    plot_curves(history.records, out / "curves.png")
+    from vlcli.model.params import count_parameters
+
+    evaluated = [r for r in history.records if "valid/pretrain" in r]
+    if evaluated:
+        last = evaluated[-1]
+        label = "before training (--dry)" if last["epoch"] < 0 else f"epoch {last['epoch'] + 1}"
+        render.out.print(_results_table(f"Validation ({label})", {"valid/pretrain": last["valid/pretrain"]}))
+    counts = count_parameters(engine.module)
+    summary = Table(title="Run", title_justify="left", show_header=False)
+    summary.add_column("", style="cyan")
+    summary.add_column("")
+    summary.add_row("run directory", str(out))
+    epochs = sorted(out.glob("Epoch[0-9][0-9].safetensors"))
+    summary.add_row("epoch checkpoints", ", ".join(p.stem for p in epochs) or "-")
+    summary.add_row("best epoch", str(history.best_epoch + 1) if history.best_epoch is not None else "-")
+    summary.add_row("trainable parameters",
+                    f"{counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f} %)")
     render.out.print(summary)
 
 

@@ -29,6 +29,7 @@ TASK_PROMPTS = {
     "vcr": "",
     "caption": "caption: ",
     "cls": "cls: ",
+    "pretrain": "",  # every pretraining objective has its own prefix (spec data-and-eval §1.8)
 }
 LEGACY_GQA_PROMPT = "gpa: "  # the original's typo, kept for checkpoints trained with it
 
@@ -119,4 +120,5 @@ def derive(
         d_model=info.d_model if info else None,
         load_path=str(load_path) if load_path is not None else None,
         run_config=str(run_config) if run_config is not None else None,
+        explicit=sorted(explicit),
     )

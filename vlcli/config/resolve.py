@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from vlcli.config import profiles as profile_mod
 from vlcli.config.derive import derive
 from vlcli.config.load import resolve_load, run_config_for
-from vlcli.config.rules import RuleContext, check
+from vlcli.config.rules import PRETRAIN_TASK, RuleContext, check
 from vlcli.config.settings import ALIASES, FIELDS, Settings
 from vlcli.config.types import KNOWN_TASKS, parse_task_list
 from vlcli.errors import CheckpointNotFoundError, ConfigError, Issue
@@ -29,6 +29,7 @@ from vlcli.errors import CheckpointNotFoundError, ConfigError, Issue
 DEFAULT_SOURCE = "default"
 CLI_SOURCE = "cli"
 TASK_SOURCE = "cli:TASK"
+PRETRAIN_SOURCE = "command:pretrain"
 CHECKPOINT_COMMANDS = ("eval", "submit")
 # Keys of a saved run config that describe how that run was started, not what it is.
 RUN_LAYER_EXCLUDE = frozenset(
@@ -118,6 +119,10 @@ def _canonical_layer(source: str, raw: Mapping[str, Any], where: str, errors: li
     return Layer(source, values)
 
 
+EXPLICIT_KEY = "_explicit"
+"""Key of a run's config.json listing the settings its user set; the others were defaults there."""
+
+
 def _run_config_layer(path: Path, errors: list[Issue]) -> Layer | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -127,6 +132,11 @@ def _run_config_layer(path: Path, errors: list[Issue]) -> Layer | None:
     if not isinstance(data, dict):
         errors.append(Issue("R47", "error", f"run config {path} is not a JSON object", ("load",)))
         return None
+    explicit = data.pop(EXPLICIT_KEY, None)
+    if isinstance(explicit, list):
+        # Only what the run's user set: defaults stay defaults, so derived per-task values (a task's
+        # text length when max_text_length was not given, say) come out as they did in the run.
+        data = {k: v for k, v in data.items() if k in explicit}
     data = {k: v for k, v in data.items() if k not in RUN_LAYER_EXCLUDE}
     return _canonical_layer(f"run:{path}", data, f"in run config {path}", errors)
 
@@ -193,6 +203,19 @@ def resolve(
                 )
             layers.append(Layer(TASK_SOURCE, {"tasks": [task]}))
 
+    # `vlcli pretrain` runs one task, "pretrain"; its objectives are --losses, so other tasks are ignored.
+    pre_warnings: list[Issue] = []
+    if command == "pretrain":
+        given = next((ly for ly in reversed(layers) if "tasks" in ly.values), None)
+        try:
+            named = parse_task_list(given.values["tasks"]) if given is not None else []
+        except ValueError:
+            named = None  # not a task list at all: ignored like any other
+        if named not in ([], [PRETRAIN_TASK]):
+            pre_warnings.append(Issue("R45", "warning", f"--tasks {given.values['tasks']} (from {given.source}) "
+                                      "ignored by `vlcli pretrain`: its objectives are --losses.", ("tasks",)))
+        layers.append(Layer(PRETRAIN_SOURCE, {"tasks": [PRETRAIN_TASK]}))
+
     # eval / submit: the checkpoint's run config sits just above the defaults.
     load_value = next((ly.values["load"] for ly in reversed(layers) if "load" in ly.values), None)
     load_path: Path | None = None
@@ -231,7 +254,7 @@ def resolve(
     explicit = {k for k, s in sources.items() if s != DEFAULT_SOURCE}
     settings.derived = derive(settings, explicit, load_path, run_cfg)
     ctx = RuleContext(settings, settings.derived, explicit, command, env)
-    warnings: list[Issue] = []
+    warnings: list[Issue] = list(pre_warnings)
     for issue in check(ctx):
         (errors if issue.level == "error" else warnings).append(issue)
     return Resolution(command, settings, settings.flat(mode="json"), sources, errors, warnings)

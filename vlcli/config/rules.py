@@ -36,6 +36,7 @@ ADAM_OPTIMIZERS = ("adamw", "adam", "adamax")
 SAMPLINGS = ("proportional", "roundrobin", "balanced")
 PREFIXES = ("span", "denoise", "mask")
 PRETRAIN_LOSSES = ("lm", "qa", "itm", "ground_caption", "refer", "caption")
+PRETRAIN_TASK = "pretrain"  # the one task of `vlcli pretrain` (its objectives are --losses)
 CLS_TASKS = ("tinyimagenet",)
 VIS_ADAPTER_POSITIONS = ("front", "middle", "back", "transition")
 VIS_ADAPTER_KINDS = ("bottleneck", "basic")
@@ -58,6 +59,9 @@ VIS_ENCODER_OPTIONS = (
     "unfreeze_batch_norms",
     "freeze_bn_statistics",
     "use_separate_optimizer_for_visual",
+    "augment_hflip",
+    "clip_weights",
+    "clip_random_init",
     "use_adam_for_visual",
     "vis_lr",
     "vis_weight_decay",
@@ -68,7 +72,7 @@ VIS_ENCODER_OPTIONS = (
 TASKS_BY_FEATURES = {
     "butd": ("vqa", "gqa", "nlvr", "caption", "refcoco", "vcr"),
     "clip": ("vqa", "gqa", "nlvr", "caption", "cls"),
-    "raw": ("vqa", "gqa", "nlvr", "caption"),
+    "raw": ("vqa", "gqa", "nlvr", "caption", "cls"),
 }
 
 
@@ -473,6 +477,8 @@ def _r25(c: RuleContext):
     ft = c.v("feature_type")
     if ft not in RAW_TYPES:
         opts = [n for n in VIS_ENCODER_OPTIONS if c.changed(n)]
+        if c.command == "extract-features":  # the extractor uses these itself
+            opts = [n for n in opts if n not in ("image_size", "clip_weights", "clip_random_init")]
         if opts:
             yield W("R25", f"{_flags(opts)} ignored: they apply only to raw_* feature types (the in-model CLIP encoder).", *opts)
         return
@@ -481,6 +487,10 @@ def _r25(c: RuleContext):
         yield E("R25", f"--image_size {h},{w} must be square and a multiple of 32 for the CLIP encoder (e.g. 224,224).", "image_size")
     if c.v("vis_reduction_factor") < 1:
         yield E("R25", "--vis_reduction_factor must be at least 1.", "vis_reduction_factor")
+    if c.v("clip_random_init") and c.v("clip_weights") is not None:
+        yield E("R25", "--clip_random_init and --clip_weights exclude each other; drop one.", "clip_random_init", "clip_weights")
+    if c.changed("augment_hflip") and not c.v("use_data_augmentation"):
+        yield W("R25", "--augment_hflip ignored without --use_data_augmentation.", "augment_hflip")
 
 
 @rule("R26")
@@ -723,7 +733,7 @@ def _r43(c: RuleContext):
 @rule("R44")
 def _r44(c: RuleContext):
     for task in c.derived.tasks:
-        if task not in KNOWN_TASKS:
+        if task not in KNOWN_TASKS and not (c.command == "pretrain" and task == PRETRAIN_TASK):
             yield E("R44", f"unknown task {task!r} in --tasks; known tasks: {', '.join(KNOWN_TASKS)}{_suggest(task, KNOWN_TASKS)}", "tasks")
 
 
@@ -742,6 +752,9 @@ def _r45(c: RuleContext):
         )
     elif not names and c.command == "pretrain":
         yield E("R45", f"--losses is empty; choose from {', '.join(PRETRAIN_LOSSES)}.", "losses")
+    if c.command == "pretrain" and c.v("feature_type") != "butd":
+        yield E("R45", f"--feature_type {c.v('feature_type')}: pretraining reads BUTD region features only (their "
+                "detector labels make the grounding objectives); use --feature_type butd.", "feature_type")
 
 
 @rule("R46")

@@ -198,7 +198,7 @@ class VisualEncoderSettings(Section):
     use_adam_for_visual: Bool = F(False, "With a separate visual group: AdamW (true) or SGD (false).")
     use_data_augmentation: Bool = F(False, "Random crop (reflect-padded) and erasing of raw training images; flips see augment_hflip.")
     augment_hflip: Bool = F(False, "With use_data_augmentation: also flip images horizontally in tasks whose text says left/right (all but cls).")
-    clip_weights: OptStr = F(None, "Weights of the in-model CLIP encoder: an open_clip tag (default openai) or a local CLIP weight file.")
+    clip_weights: OptStr = F(None, "CLIP weights of extract-features and raw_* types: an open_clip tag (default openai) or a local weight file (OpenAI .pt, open_clip checkpoint, .safetensors).")
     clip_random_init: Bool = F(False, "Random (seeded, meaningless) CLIP encoder weights: for tests and demos without the download.")
 
 
@@ -298,6 +298,9 @@ class Derived(BaseModel):
     d_model: int | None
     load_path: str | None
     run_config: str | None
+    # Names the user set (CLI, profiles, run config): recorded in a run's config.json so that a reload
+    # derives per-task values (text lengths, prompts) exactly as the run did.
+    explicit: list[str] = []
 
 
 class Settings(BaseModel):

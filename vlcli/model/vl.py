@@ -80,7 +80,8 @@ class _VLBartPositions(BartLearnedPositionalEmbedding):
         if text is None or (prefix == 0 and text >= length):
             return super().forward(input_ids, *args, **kwargs)
         idx = torch.arange(length, device=self.weight.device)
-        positions = nn.Embedding.forward(self, (idx - prefix).clamp(min=0) + self.offset)
+        # Clamped to the text's own positions: visual tokens (zeroed below) must not index past the table.
+        positions = nn.Embedding.forward(self, (idx - prefix).clamp(min=0, max=max(text - prefix - 1, 0)) + self.offset)
         keep = ((idx >= prefix) & (idx < text)).to(positions.dtype)
         return (positions * keep.unsqueeze(-1)).unsqueeze(0).expand(input_ids.shape[0], -1, -1)
 
