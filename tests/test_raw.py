@@ -240,3 +240,28 @@ def test_raw_vit_and_bad_image_size_are_config_errors(cli, world):
     res = cli("finetune", "vqa", "--feature_type", "raw_RN50", "--image_size", "100,100", "--backbone",
               str(world["t5"]))
     assert res.code == 2 and "multiple of 32" in res.err
+
+
+def test_classification_on_raw_images(cli, world, tmp_path):
+    root = tmp_path / "data"
+    base = root / "tiny-imagenet-200"
+    classes = {"n00000001": ("red square", (220, 30, 30)), "n00000002": ("blue square", (30, 30, 220))}
+    base.mkdir(parents=True)
+    (base / "words.txt").write_text("".join(f"{w}\t{name}, box\n" for w, (name, _) in classes.items()))
+    for split, n in (("train", 4), ("val", 2)):
+        for wnid, (_, color) in classes.items():
+            folder = base / split / wnid / "images"
+            folder.mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (SIZE + 8, SIZE), color).save(folder / f"{wnid}_{split}{k}.JPEG")
+    run = tmp_path / "run"
+    res = cli("finetune", "cls", "--feature_type", "raw_RN50", "--clip_random_init", "--image_size", f"{SIZE},{SIZE}",
+              "--use_data_augmentation", "--unfreeze_vis_last_layer", "--backbone", str(world["t5"]),
+              "--data_root", str(root), "--batch_size", "4", "--epochs", "1", "--num_workers", "0",
+              "--output", str(run))
+    assert res.code == 0, res.err
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert "accuracy" in record["valid/cls"]
+    saved = load_file(str(run / "LAST.safetensors"))
+    assert any(k.startswith("visual_encoder.tower.layer4.") and k.endswith("conv1.weight") for k in saved)
+    assert not any(k.startswith("visual_encoder.tower.layer3.") and k.endswith("conv1.weight") for k in saved)

@@ -144,8 +144,14 @@ class ClassificationTask(Task):
         return hint
 
     def open_store(self, settings: Settings, split: str, *, train: bool = False) -> FeatureStore:
-        """The CLIP features of ``split``: a folder of per-image h5 files or one consolidated .h5 file."""
+        """The CLIP features of ``split`` (a folder of per-image h5 files or one consolidated .h5 file), or for
+        ``raw_*`` types its images (``cls.images``, any depth), with horizontal flips when augmenting."""
         feature_type = self._feature_type(settings)
+        if feature_type in layout.RAW_FEATURE_TYPES:
+            from vlcli.data.images import ImageStore, image_transform
+
+            folder = layout.data_path(settings, "cls.images", split)
+            return ImageStore(folder, image_transform(settings, self.name, train), hint=UNPACK_HINT)
         if feature_type not in layout.CLIP_FEAT_DIM:
             raise FeatureError(
                 f"feature_type {feature_type}: the classification task reads precomputed CLIP features only; "
