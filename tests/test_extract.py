@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def cached_towers(monkeypatch, towers):
         key = f"{feature_type}/{weights.seed}"
         if key not in towers:
             towers[key] = original(feature_type, weights)
-        return towers[key]
+        tower, info = towers[key]
+        return copy.deepcopy(tower), dict(info)  # extraction moves its tower (to a GPU, to fp16): keep ours
 
     monkeypatch.setattr(clip_mod, "build_tower", cached)
     return cached

@@ -330,7 +330,8 @@ def test_bart_decoder_prompts_generate_like_step_by_step_greedy(dirs):
     model.eval()
     perturb(model)
     enc_in, _, feats, boxes = batch(tok)
-    plain = {"forced_bos_token_id": None, "forced_eos_token_id": None, "no_repeat_ngram_size": 0}
+    # min_length keeps EOS out, so the whole length is compared whatever the random model prefers
+    plain = {"forced_bos_token_id": None, "forced_eos_token_id": None, "no_repeat_ngram_size": 0, "min_length": 5}
     ids = model.generate(
         enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, num_beams=1, max_length=5, **plain
     )
@@ -339,8 +340,9 @@ def test_bart_decoder_prompts_generate_like_step_by_step_greedy(dirs):
     for _ in range(4):
         logits = model(
             enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, decoder_input_ids=current
-        ).logits
-        current = torch.cat([current, logits[:, -1].argmax(-1, keepdim=True)], 1)
+        ).logits[:, -1]
+        logits[:, model.config.eos_token_id] = -float("inf")
+        current = torch.cat([current, logits.argmax(-1, keepdim=True)], 1)
     assert torch.equal(ids, current)
     beams = model.generate(
         enc_in["input_ids"], enc_in["attention_mask"], feats, boxes, num_beams=3, max_length=5
