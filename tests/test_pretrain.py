@@ -523,7 +523,7 @@ def test_pretrain_two_epochs_then_finetune_vqa_from_epoch01(cli, world, tmp_path
         "config.json",
     } <= {p.name for p in run.iterdir()}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["epoch"] for r in records] == [-1, 0, 1]  # --dry: one validation pass before training
     for r in records:
         valid = r["valid/pretrain"]
         assert {f"loss/{o}" for o in ("lm", "qa", "itm", "ground_caption", "refer")} <= set(valid)

@@ -52,7 +52,7 @@ CASES = [
     ("R24", "warning", None, None, {"use_vis_layer_norm": "false", "individual_vis_layer_norm": "false"}, None, "--use_vis_layer_norm is false"),
     ("R25", "warning", None, None, {"use_vis_adapter": "1", "image_size": "224,224"}, None, "--use_vis_adapter, --image_size ignored"),
     ("R25", "error", None, None, {"feature_type": "raw_RN50", "image_size": "230,230"}, None, "multiple of 32"),
-    ("R26", "error", "finetune", "refcoco", {"feature_type": "RN101"}, None, "refcoco cannot use --feature_type RN101"),
+    ("R26", "error", "finetune", "refcoco", {"feature_type": "ViT"}, None, "refcoco cannot use --feature_type ViT"),
     ("R26", "error", "finetune", "cls", {}, None, "cls cannot use --feature_type butd"),
     ("R26", "error", "finetune", "vcr", {"feature_type": "raw_RN50"}, None, "vcr cannot use --feature_type raw_RN50"),
     ("R45", "error", "pretrain", None, {"feature_type": "RN101"}, None, "pretraining reads BUTD"),

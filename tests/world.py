@@ -123,3 +123,79 @@ def write_raw_images(root: Path, size: int = 64) -> int:
         image.save(folder / f"{image_id}.png")
         n += 1
     return n
+
+
+def _butd_group(f: h5py.File, key: str, rng: np.random.Generator, boxes: list[list[float]], size: int = 100,
+                names: list[str] | None = None) -> None:
+    """One BUTD-layout image group (pixel corner boxes, image size; object names for VCR's GT file)."""
+    g = f.create_group(key)
+    g["features"] = rng.normal(0, 1, (len(boxes), FEAT_DIM)).astype(np.float32)
+    g["boxes"] = np.asarray(boxes, np.float32)
+    g["img_h"], g["img_w"] = size, size
+    g["num_objects"] = len(boxes)
+    if names is not None:
+        g.create_dataset("captions", data=np.array(names, dtype=object), dtype=h5py.string_dtype())
+
+
+def add_region_and_cls_tasks(root: Path, seed: int = 1) -> Path:
+    """RefCOCOg, VCR (BUTD region files, 2048-d like the world's RN50 grids) and TinyImageNet (RN50 grids)
+    in the original layouts, beside :func:`make_world`'s tasks: the seven-task multitask mix."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    # RefCOCOg: one ref per split, candidates from GT (train) or detections (val/test)
+    base = root / "RefCOCO/refcocog"
+    (base / "features").mkdir(parents=True, exist_ok=True)
+    refs, annotations = [], []
+    for k, (split, image_id) in enumerate((("train", 101), ("train", 102), ("val", 201), ("test", 301))):
+        refs.append({"ref_id": k, "ann_id": 1000 + k, "image_id": image_id, "split": split, "category_id": 1,
+                     "sent_ids": [10 * k], "sentences": [{"raw": f"the {COLORS[k % 3]} box", "sent_id": 10 * k}]})
+        annotations.append({"id": 1000 + k, "image_id": image_id, "bbox": [10, 10, 40, 40], "category_id": 1})
+    (base / "refs(umd).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (base / "instances.json").write_text(json.dumps({"images": [], "annotations": annotations, "categories": []}))
+    candidates = [[10, 10, 50, 50], [0, 0, 20, 20], [60, 60, 90, 90]]
+    for name, ids in (("train_boxes_GT", ("101", "102")), ("val_boxes_mattnet", ("201",)),
+                      ("test_boxes_mattnet", ("301",))):
+        with h5py.File(base / "features" / f"{name}.h5", "w") as f:
+            for image_id in ids:
+                _butd_group(f, image_id, rng, candidates)
+    # VCR: question / answers / rationales with object references, GT + detected boxes
+    vcr = root / "VCR"
+    (vcr / "features").mkdir(parents=True, exist_ok=True)
+    answers = [["a", [0], "waits"], ["nobody"], ["a", "dog"], ["the", [1]]]
+    rationales = [[[0], "is", "standing"], ["it", "is", "late"], ["no", "one"], ["look"]]
+    for split, labels in (("train", [(0, 0), (3, 1)]), ("val", [(0, 0)]), ("test", [None])):
+        lines = []
+        for k, label in enumerate(labels):
+            img_id = f"{split}-{k}"
+            rec = {"annot_id": f"{split}-{k}", "img_id": img_id, "img_fn": f"lsmdc/{img_id}.jpg",
+                   "metadata_fn": f"lsmdc/{img_id}.json", "question_number": 0, "objects": ["person", "dog"],
+                   "question": ["What", "is", [0], "doing", "?"], "answer_choices": answers,
+                   "rationale_choices": rationales}
+            if label is not None:
+                rec["answer_label"], rec["rationale_label"] = label
+            lines.append(json.dumps(rec) + "\n")
+        (vcr / f"{split}.jsonl").write_text("".join(lines))
+        with h5py.File(vcr / "features" / f"{split}_boxes_GT.h5", "w") as gt, \
+                h5py.File(vcr / "features" / f"{split}_boxes36.h5", "w") as det:
+            for k in range(len(labels)):
+                _butd_group(gt, f"{split}-{k}", rng, [[5, 5, 40, 60], [50, 20, 90, 80]], names=["person", "dog"])
+                _butd_group(det, f"{split}-{k}", rng, [[i, i, i + 10, i + 10] for i in range(36)])
+    # TinyImageNet: class names and RN50 grids per split (val/test images named val_N / test_N)
+    tiny = root / "tiny-imagenet-200"
+    wnids = {"n00000001": "red thing", "n00000002": "blue thing"}
+    tiny.mkdir(parents=True, exist_ok=True)
+    (tiny / "words.txt").write_text("".join(f"{w}\t{name}, object\n" for w, name in wnids.items()))
+    listing = []
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        folder = tiny / "clip_features" / split / f"data_clip_{FEATURE_TYPE}_att"
+        for k in range(n):
+            wnid = list(wnids)[k % 2]
+            image_id = f"{wnid}_{k}" if split == "train" else f"{split}_{k}"
+            if split == "val":
+                listing.append(f"{image_id}.JPEG\t{wnid}\t0\t0\t10\t10\n")
+            _write_clip(folder, image_id, _features(rng, k % 2))
+    (tiny / "val").mkdir(exist_ok=True)
+    (tiny / "val" / "val_annotations.txt").write_text("".join(listing))
+    return root

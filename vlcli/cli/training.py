@@ -164,7 +164,7 @@ def _run_pretrain(settings: Settings) -> None:
     out = Path(settings.get("output"))
     splits = splits_for(settings, "pretrain")
     get_task("pretrain").preflight(settings, splits["train"], splits["valid"])
-    engine = Engine(settings, RichReporter(), epoch_checkpoints=True)
+    engine = Engine(settings, RichReporter(), epoch_checkpoints=True, command="pretrain")
     if engine.ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _write_config(settings, out)
@@ -267,7 +267,8 @@ def _read_predictions(path: Path, task: str) -> list[tuple[Any, Any]]:
     from vlcli.metrics.files import load_json
 
     rows = load_json(path, "--predictions")
-    keys = {"vqa": ("question_id", "answer"), "gqa": ("questionId", "prediction"), "caption": ("image_id", "caption")}
+    keys = {"vqa": ("question_id", "answer"), "gqa": ("questionId", "prediction"), "caption": ("image_id", "caption"),
+            "cls": ("image_id", "prediction")}
     pairs = []
     if not isinstance(rows, list):
         raise VlcliError(f"--predictions {path}: expected a JSON list of predictions")

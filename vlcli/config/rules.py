@@ -68,6 +68,10 @@ VIS_ENCODER_OPTIONS = (
     "use_data_augmentation",
     "image_size",
 )
+# RefCOCOg and VCR read BUTD region features whatever --feature_type says; CLIP grids of the same width
+# (RN50, RN101: 2048) can share the visual embedding with them in one (multitask) run (R26).
+REGION_TASKS = ("refcoco", "vcr")
+REGION_COMPATIBLE = ("RN50", "RN101")
 # Tasks each kind of visual input supports (R26).
 TASKS_BY_FEATURES = {
     "butd": ("vqa", "gqa", "nlvr", "caption", "refcoco", "vcr"),
@@ -500,6 +504,10 @@ def _r26(c: RuleContext):
         return
     kind = "butd" if ft == "butd" else "raw" if ft in RAW_TYPES else "clip"
     allowed = TASKS_BY_FEATURES[kind]
+    if ft in REGION_COMPATIBLE:
+        # RefCOCOg and VCR always read their BUTD region boxes (as the original, whatever --feature_type);
+        # they share the visual embedding with 2048-d CLIP grids, so a mixed run works (spec §7).
+        allowed = (*allowed, *REGION_TASKS)
     bad = [t for t in c.derived.tasks if t in KNOWN_TASKS and t not in allowed]
     if bad:
         yield E(

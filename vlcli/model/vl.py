@@ -229,13 +229,19 @@ class VLModel(nn.Module):
         img_order_ids: torch.Tensor | None = None,
         obj_order_ids: torch.Tensor | None = None,
         vis_attention_mask: torch.Tensor | None = None,
+        reduce: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Reduce and embed visual inputs -> ((B, N', d), mask (B, N') or None). See :mod:`vlcli.model.visual`."""
+        """Reduce and embed visual inputs -> ((B, N', d), mask (B, N') or None). See :mod:`vlcli.model.visual`.
+
+        ``reduce=False``: no token reduction (downsample / sparse_sample) — region features of tasks that
+        name boxes by position (RefCOCOg, VCR) keep every box even in a run whose grids are pooled.
+        """
         if self.visual is None:
             raise VisualInputError(
                 "this model was built with --use_vision false; do not pass visual features"
             )
         cfg = self.visual
+        reduction = cfg.reduction if reduce else "none"
         if vis_pos is None:
             vis_pos = vis_feats.new_zeros(*vis_feats.shape[:-1], 4)
         if vis_feats.dim() == 4:  # (B, I, V, F): reduce per image, then concatenate the images
@@ -251,7 +257,7 @@ class VLModel(nn.Module):
             feats, boxes = reduce_tokens(
                 vis_feats.reshape(b * n_img, v, f),
                 vis_pos.reshape(b * n_img, v, 4),
-                cfg.reduction,
+                reduction,
                 cfg.n_boxes,
             )
             kept = feats.shape[1]
@@ -262,7 +268,7 @@ class VLModel(nn.Module):
             if vis_attention_mask is not None:
                 vis_attention_mask = vis_attention_mask[:, :, :kept].reshape(b, n_img * kept)
         elif vis_feats.dim() == 3:
-            feats, boxes = reduce_tokens(vis_feats, vis_pos, cfg.reduction, cfg.n_boxes)
+            feats, boxes = reduce_tokens(vis_feats, vis_pos, reduction, cfg.n_boxes)
             kept = feats.shape[1]
             img_order_ids = None if img_order_ids is None else img_order_ids[..., :kept]
             obj_order_ids = None if obj_order_ids is None else obj_order_ids[..., :kept]
@@ -275,7 +281,7 @@ class VLModel(nn.Module):
         embeds = self.visual_embedding(
             feats, boxes, img_order_ids, obj_order_ids, self.lm.get_input_embeddings()
         )
-        if cfg.reduction == "sparse_sample" and self.training:
+        if reduction == "sparse_sample" and self.training:
             idx = sparse_sample_indices(embeds.shape[0], embeds.shape[1], cfg.n_boxes, embeds.device)
             embeds = embeds.gather(1, idx.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
             if vis_attention_mask is not None:
@@ -312,6 +318,7 @@ class VLModel(nn.Module):
         img_order_ids: torch.Tensor | None = None,
         obj_order_ids: torch.Tensor | None = None,
         vis_attention_mask: torch.Tensor | None = None,
+        reduce_visual: bool = True,
     ) -> Encoded:
         """Run the joint encoder on ``[text; visual]`` (text only when ``vis_feats`` is None)."""
         if attention_mask is None:
@@ -332,7 +339,7 @@ class VLModel(nn.Module):
             vis_feats, vis_pos = self.encode_images(vis_feats), None
         if vis_feats is not None:
             vis, vis_mask = self.embed_visual(
-                vis_feats, vis_pos, img_order_ids, obj_order_ids, vis_attention_mask
+                vis_feats, vis_pos, img_order_ids, obj_order_ids, vis_attention_mask, reduce=reduce_visual
             )
             embeds = torch.cat([embeds, vis.to(embeds.dtype)], dim=1)
             if vis_mask is None:
@@ -365,6 +372,7 @@ class VLModel(nn.Module):
         img_order_ids: torch.Tensor | None = None,
         obj_order_ids: torch.Tensor | None = None,
         vis_attention_mask: torch.Tensor | None = None,
+        reduce_visual: bool = True,
         loss_weights: torch.Tensor | None = None,
         loss_reduction: str = "example",
     ) -> VLOutput:
@@ -372,7 +380,8 @@ class VLModel(nn.Module):
 
         ``loss_reduction="example"``: per-example mean token loss (times ``loss_weights``), then the
         batch mean (VL-T5's convention); ``"token"``: mean over all target tokens of the batch.
-        ``task`` selects task-specific modules (adapters, prompts) through :attr:`router`.
+        ``task`` selects task-specific modules (adapters, prompts) through :attr:`router`;
+        ``reduce_visual=False`` keeps every visual token (see :meth:`embed_visual`).
         """
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}; got {loss_reduction!r}")
@@ -389,6 +398,7 @@ class VLModel(nn.Module):
                 img_order_ids=img_order_ids,
                 obj_order_ids=obj_order_ids,
                 vis_attention_mask=vis_attention_mask,
+                reduce_visual=reduce_visual,
             )
             prefix = self.decoder_prompt_cache(enc)
             out = self.lm(
@@ -493,6 +503,7 @@ class VLModel(nn.Module):
         img_order_ids: torch.Tensor | None = None,
         obj_order_ids: torch.Tensor | None = None,
         vis_attention_mask: torch.Tensor | None = None,
+        reduce_visual: bool = True,
         **options: Any,
     ) -> torch.Tensor:
         """Generated token ids (B, <= max_length), decoder start token first.
@@ -509,6 +520,7 @@ class VLModel(nn.Module):
                 img_order_ids=img_order_ids,
                 obj_order_ids=obj_order_ids,
                 vis_attention_mask=vis_attention_mask,
+                reduce_visual=reduce_visual,
             )
             config = self.generation_config(num_beams, max_length, **options)
             # transformers fills every unset field from the model's own generation_config: make that

@@ -259,6 +259,8 @@ class Task:
     uses_beams: bool = False
     # Default file name of the leaderboard file (spec data-and-eval §5).
     submission_file: str = "submit.json"
+    # Region features whose boxes are named by position (<vis_extra_id_k>): never pooled or subsampled.
+    region_features: bool = False
     # The metric that selects BEST (multitask: averaged over tasks, see vlcli.train.scoring).
     primary_metric: str = "accuracy"
     # The dataset class build_dataset instantiates (a task with several inputs per example subclasses it).
@@ -408,6 +410,8 @@ class Task:
                 out[key] = batch[key]
         out["task"] = self.name
         out["loss_reduction"] = self.loss_reduction
+        if self.region_features:
+            out["reduce_visual"] = False
         return out
 
     def train_accuracy(self, logits: torch.Tensor, batch: Mapping[str, Any]) -> tuple[int, int]:

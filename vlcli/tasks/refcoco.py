@@ -238,6 +238,7 @@ class RefCOCOTask(Task):
     splits = {"train": "train", "valid": "val", "test": "test", "submit": "test"}
     submission_file = "predictions.json"
     primary_metric = "accuracy"
+    region_features = True
     dataset_class = RefCOCODataset
 
     # ------------------------------------------------------------------------------ features
@@ -368,7 +369,7 @@ class RefCOCOTask(Task):
         candidates = [tokenizer.vis_token_id(k) for k in range(mask.shape[1])]
         logits = model.score_candidates(
             batch["input_ids"], candidates, batch["attention_mask"], batch["vis_feats"], batch["vis_pos"],
-            task=self.name, vis_attention_mask=mask,
+            task=self.name, vis_attention_mask=mask, reduce_visual=False,
         )
         chosen = logits.float().masked_fill(mask.to(logits.device) == 0, float("-inf")).argmax(dim=1).tolist()
         boxes = batch["candidate_boxes"].cpu()

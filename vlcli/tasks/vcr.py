@@ -274,6 +274,7 @@ class VCRTask(Task):
     splits = {"train": "train", "valid": "val", "test": "test", "submit": "test"}
     submission_file = "test_submit.csv"
     primary_metric = "q_ar"  # the original's BEST criterion
+    region_features = True
     dataset_class = VCRDataset
 
     # ------------------------------------------------------------------------------ files
@@ -439,6 +440,7 @@ class VCRTask(Task):
             "vis_pos": batch["vis_pos"].repeat_interleave(counts, dim=0),
             "task": self.name,
             "loss_reduction": "example",
+            "reduce_visual": False,
         }
         for key in ("labels", "decoder_input_ids", "loss_weights"):
             if key in batch:
@@ -476,6 +478,7 @@ class VCRTask(Task):
                 batch["vis_feats"][rows],
                 batch["vis_pos"][rows],
                 task=self.name,
+                reduce_visual=False,
             )
             parts.append(logits.float().softmax(-1)[:, 0].cpu())
         p_true = torch.cat(parts).split(counts)

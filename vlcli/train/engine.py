@@ -161,11 +161,12 @@ class Engine:
     """Builds tokenizer, model, data and optimiser from validated settings; trains, evaluates, predicts."""
 
     def __init__(self, settings: Any, reporter: Reporter | None = None, ctx: dist.Context | None = None,
-                 epoch_checkpoints: bool = False):
+                 epoch_checkpoints: bool = False, command: str = "finetune"):
         """``epoch_checkpoints``: also keep ``EpochNN`` (NN = epoch + 1, two digits) after every epoch
-        (pretraining, as the original)."""
+        (pretraining, as the original); ``command`` names the CLI command in messages."""
         self.settings = settings
         self.epoch_checkpoints = epoch_checkpoints
+        self.command = command
         if settings.get("deepspeed"):  # before anything expensive is built
             import importlib.util
 
@@ -196,12 +197,15 @@ class Engine:
 
     # ------------------------------------------------------------------------------------ data
 
-    def dataset(self, task: str, split: str, train: bool) -> TaskDataset:
-        key = (task, split, train)
+    def dataset(self, task: str, split: str, train: bool, role: str | None = None) -> TaskDataset:
+        """``split`` of ``task`` in a role (train / valid / test / submit: which topk option applies)."""
+        role = role or ("train" if train else None)
+        key = (task, split, train, role)
         if key not in self._datasets:
             impl = get_task(task)
             store = impl.open_store(self.settings, split, train=train)
-            self._datasets[key] = impl.build_dataset(self.settings, split, self.tokenizer, store, train=train)
+            self._datasets[key] = impl.build_dataset(self.settings, split, self.tokenizer, store, train=train,
+                                                     role=role)
         return self._datasets[key]
 
     def loader(self, dataset: TaskDataset, batch_size: int, train: bool) -> DataLoader:
@@ -296,7 +300,9 @@ class Engine:
             self.history = History(state["history"], state["best"], state["best_epoch"])
             saved_rng = state["rng"]
         elif s.get("dry"):
-            self.history.records.append({"epoch": -1, **self._evaluate_all("valid")})
+            record = {"epoch": -1, **self._evaluate_all("valid")}
+            self.history.records.append(record)
+            self._append_metrics(record)
 
         clip = s.get("clip_grad_norm")
         params = [p for p in self.module.parameters() if p.requires_grad]
@@ -367,7 +373,7 @@ class Engine:
                 self.save("LAST", self._state(optimizers, schedulers, epoch, batches_done, global_step))
                 raise Interrupted(
                     f"interrupted at epoch {epoch}, batch {batches_done}; saved {self.out / 'LAST.safetensors'} "
-                    f"with its resume state: continue with `vlcli finetune ... --output {self.out} --resume`")
+                    f"with its resume state: continue with `vlcli {self.command} ... --output {self.out} --resume`")
             skip_batches = 0
             record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
                                       "lr": schedulers[0].get_last_lr()[0], "samples_per_s": seen / max(
@@ -414,9 +420,9 @@ class Engine:
     # -------------------------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def predict(self, task: str, split: str) -> tuple[dict[Hashable, Any], TaskDataset]:
+    def predict(self, task: str, split: str, role: str | None = None) -> tuple[dict[Hashable, Any], TaskDataset]:
         """Predictions of every example of ``split`` (gathered from all ranks, each id once)."""
-        ds = self.dataset(task, split, train=False)
+        ds = self.dataset(task, split, train=False, role=role)
         batch_size = self.settings.derived.per_task[task].valid_batch_size
         loader = self.loader(ds, batch_size, train=False)
         self.module.eval()
@@ -430,7 +436,7 @@ class Engine:
 
     def evaluate(self, task: str, role: str) -> tuple[dict[str, Any], dict[Hashable, Any], TaskDataset]:
         split = splits_for(self.settings, task)[role]
-        predictions, ds = self.predict(task, split)
+        predictions, ds = self.predict(task, split, role)
         metrics = score(task, predictions, ds.references, self.settings) if self.ctx.is_main else {}
         return metrics, predictions, ds
 
@@ -459,7 +465,7 @@ class Engine:
         written: dict[str, tuple[Path, int]] = {}
         for task in self.tasks:
             split = splits_for(self.settings, task)["submit"]
-            predictions, ds = self.predict(task, split)
+            predictions, ds = self.predict(task, split, "submit")
             if self.ctx.is_main:
                 impl = get_task(task)
                 path = self.out / f"{task}_{impl.submission_file}"
