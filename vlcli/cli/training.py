@@ -200,9 +200,9 @@ def _ensure_demo(settings: Settings) -> dict[str, Any]:
     from vlcli.errors import VlcliError
 
     feature_type = settings.get("feature_type")
-    if feature_type not in ("RN50", "RN101", "RN50x4", "ViT"):
-        raise VlcliError(f"--demo_world provides CLIP grid features only; --feature_type {feature_type}: "
-                         "use RN50 (the demo profile's), RN101, RN50x4 or ViT")
+    if feature_type not in ("RN50", "RN101", "RN50x4", "ViT", "raw_RN50", "raw_RN101", "raw_RN50x4"):
+        raise VlcliError(f"--demo_world provides images and CLIP grid features only; --feature_type {feature_type}: "
+                         "use RN50 (the demo profile's), RN101, RN50x4, ViT or raw_RN50/raw_RN101/raw_RN50x4")
     root = Path(settings.get("data_root"))
     render.err.print(f"[dim]demo world in {root} (created on first use)[/]")
     return ensure_world(root, feature_type, progress=render.ProgressBar("images"))

@@ -37,7 +37,10 @@ def world_summary(root: Path) -> dict[str, Any] | None:
 
 def ensure_world(root: Path, feature_type: str = "RN50", image_size: int | None = None,
                  progress: Progress | None = None) -> dict[str, Any]:
-    """Create what is missing under ``root``; return the world summary."""
+    """Create what is missing under ``root``; return the world summary.
+
+    ``feature_type`` ``raw_*``: the images are the input, no features are extracted.
+    """
     from vlcli.demo.backbone import make_backbones
     from vlcli.demo.world import make_world, world_corpus
 
@@ -48,6 +51,8 @@ def ensure_world(root: Path, feature_type: str = "RN50", image_size: int | None 
         summary = world_summary(root) or {}
     if not all((root / "backbones" / name / "config.json").is_file() for name in ("t5-demo", "bart-demo")):
         make_backbones(root, world_corpus(root))
+    if feature_type.startswith("raw_"):
+        return summary
     size = int(image_size or summary.get("image_size", 64))
     weights = resolve_weights(feature_type, None, random_init=True, seed=EXTRACTION_SEED)
     for images, out in IMAGE_FOLDERS.items():
