@@ -158,7 +158,9 @@ def test_gqa_exact_match():
     # stripped + lower-cased: all three right -> 100.0
     assert gqa_accuracy({"q1": " left", "q2": "Table", "q3": "yes"}, labels, normalize=True)["accuracy"] == 100.0
     with pytest.raises(MetricsInputError, match="unknown question ids: q9"):
-        gqa_accuracy({"q9": "x"}, labels)
+        gqa_accuracy({"q1": "left", "q2": "Table", "q3": "yes", "q9": "x"}, labels)
+    with pytest.raises(MetricsInputError, match="1 question.s. have no prediction: q3"):
+        gqa_accuracy({"q1": "left", "q2": "Table"}, labels)
 
 
 def test_nlvr_accuracy_and_consistency():

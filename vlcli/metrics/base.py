@@ -23,6 +23,19 @@ def percent(values: list[float], digits: int = 2) -> float:
     return official_round(100 * float(sum(values)) / len(values), digits)
 
 
+def check_ids(predictions: Iterable[object], expected: Iterable[object], items: str, unknown_ids: str) -> None:
+    """MetricsInputError unless ``predictions`` covers exactly the ``expected`` ids: ``{n} {items} have no
+    prediction`` names the first missing ones, ``{n} prediction(s) for {unknown_ids}`` the foreign ones."""
+    predicted, wanted = list(predictions), list(expected)
+    have, want = set(predicted), set(wanted)
+    missing = [i for i in wanted if i not in have]
+    if missing:
+        raise MetricsInputError(f"{len(missing)} {items} have no prediction: {preview(missing)}")
+    unknown = [i for i in predicted if i not in want]
+    if unknown:
+        raise MetricsInputError(f"{len(unknown)} prediction(s) for {unknown_ids}: {preview(unknown)}")
+
+
 def preview(ids: Iterable[object], limit: int = 5) -> str:
     """A short comma-separated list of ids for an error message (``a, b, c, ... (+N more)``)."""
     items = [str(i) for i in ids]

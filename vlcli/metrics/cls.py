@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from vlcli.metrics.base import MetricsInputError, official_round, preview
+from vlcli.metrics.base import MetricsInputError, check_ids, official_round
 
 
 def normalize_label(text: str, ignore_case: bool = False) -> str:
@@ -32,12 +32,7 @@ def top1_accuracy(
     Returns ``accuracy`` (percentage rounded to ``digits``), ``correct`` and ``examples``. A labelled
     image without a prediction, a prediction for an unknown image and a non-text prediction are errors.
     """
-    missing = [i for i in labels if i not in predictions]
-    if missing:
-        raise MetricsInputError(f"{len(missing)} image(s) have no prediction: {preview(missing)}")
-    unknown = [i for i in predictions if i not in labels]
-    if unknown:
-        raise MetricsInputError(f"{len(unknown)} prediction(s) for unknown images: {preview(unknown)}")
+    check_ids(predictions, labels, "image(s)", "unknown images")
     correct = 0
     for image_id, label in labels.items():
         pred = predictions[image_id]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vlcli.metrics.base import MetricsInputError, official_round, preview
+from vlcli.metrics.base import check_ids, official_round
 
 
 def _label_dict(label: Mapping[str, float] | str) -> dict[str, float]:
@@ -29,12 +29,7 @@ def gqa_accuracy(
     Returns ``accuracy`` (percentage, rounded to ``digits``), ``score`` (the summed label scores) and
     ``questions``. Every prediction needs a label; labelled questions without a prediction are an error.
     """
-    unknown = [q for q in predictions if q not in labels]
-    if unknown:
-        raise MetricsInputError(f"{len(unknown)} prediction(s) for unknown question ids: {preview(unknown)}")
-    missing = [q for q in labels if q not in predictions]
-    if missing:
-        raise MetricsInputError(f"{len(missing)} question(s) have no prediction: {preview(missing)}")
+    check_ids(predictions, labels, "question(s)", "unknown question ids")
     total = 0.0
     for qid, pred in predictions.items():
         label = _label_dict(labels[qid])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vlcli.metrics.base import MetricsInputError, official_round, preview
+from vlcli.metrics.base import MetricsInputError, check_ids, official_round
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
@@ -45,12 +45,7 @@ def nlvr_metrics(predictions: Mapping[str, Any], labels: Mapping[str, Any], digi
     ``groups``. A labelled example without a prediction, or a prediction for an unknown identifier, is an
     error (the original called ``exit()``).
     """
-    missing = [i for i in labels if i not in predictions]
-    if missing:
-        raise MetricsInputError(f"{len(missing)} example(s) have no prediction: {preview(missing)}")
-    unknown = [i for i in predictions if i not in labels]
-    if unknown:
-        raise MetricsInputError(f"{len(unknown)} prediction(s) for unknown identifiers: {preview(unknown)}")
+    check_ids(predictions, labels, "example(s)", "unknown identifiers")
     correct = 0
     groups: dict[str, bool] = {}
     for ident, label in labels.items():

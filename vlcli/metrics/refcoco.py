@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from vlcli.metrics.base import MetricsInputError, official_round, preview
+from vlcli.metrics.base import MetricsInputError, check_ids, official_round
 
 IOU_THRESHOLD = 0.5
 
@@ -66,12 +66,7 @@ def refcoco_accuracy(
     ``digits``), ``correct`` and ``total``. A reference without a prediction, or a prediction for an
     unknown id, is an error.
     """
-    missing = [i for i in references if i not in predictions]
-    if missing:
-        raise MetricsInputError(f"{len(missing)} RefCOCOg example(s) have no prediction: {preview(missing)}")
-    unknown = [i for i in predictions if i not in references]
-    if unknown:
-        raise MetricsInputError(f"{len(unknown)} RefCOCOg prediction(s) for unknown ids: {preview(unknown)}")
+    check_ids(predictions, references, "RefCOCOg example(s)", "unknown ids")
     correct = 0
     for key, ref in references.items():
         iou = box_iou([as_box(predictions[key], f"prediction for {key!r}")], as_box(ref, f"reference {key!r}"))[0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from vlcli.metrics.base import MetricsInputError, official_round, preview
+from vlcli.metrics.base import MetricsInputError, check_ids, official_round
 
 N_CHOICES = 4
 METRIC_KEYS = ("q_a", "qa_r", "q_ar")
@@ -87,12 +87,7 @@ def vcr_metrics(
     ``references``: ``annot_id -> {"answer_label": int, "rationale_label": int}``. Every reference needs a
     prediction and every prediction a reference (MetricsInputError otherwise).
     """
-    missing = [i for i in references if i not in predictions]
-    if missing:
-        raise MetricsInputError(f"{len(missing)} VCR question(s) have no prediction: {preview(missing)}")
-    unknown = [i for i in predictions if i not in references]
-    if unknown:
-        raise MetricsInputError(f"{len(unknown)} VCR prediction(s) for unknown annot_ids: {preview(unknown)}")
+    check_ids(predictions, references, "VCR question(s)", "unknown annot_ids")
     hits = {key: 0 for key in METRIC_KEYS}
     for qid, ref in references.items():
         pred = predictions[qid]

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from vlcli.metrics.base import MetricsInputError, percent, preview
+from vlcli.metrics.base import MetricsInputError, check_ids, percent, preview
 
 VqaEvalMode = Literal["official", "vlt5"]
 MODES: tuple[str, ...] = ("official", "vlt5")
@@ -175,13 +175,7 @@ def vqa_accuracy(
         qids = list(predictions)
     else:
         qids = [q["question_id"] if isinstance(q, Mapping) else q for q in questions]
-        wanted = set(qids)
-        missing = [q for q in qids if q not in predictions]
-        if missing:
-            raise MetricsInputError(f"{len(missing)} question(s) have no prediction: {preview(missing)}")
-        unknown = [q for q in predictions if q not in wanted]
-        if unknown:
-            raise MetricsInputError(f"{len(unknown)} prediction(s) for unknown question ids: {preview(unknown)}")
+        check_ids(predictions, qids, "question(s)", "unknown question ids")
     no_gt = [q for q in qids if q not in gts]
     if no_gt:
         raise MetricsInputError(f"{len(no_gt)} question(s) have no annotation: {preview(no_gt)}")
