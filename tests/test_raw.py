@@ -265,3 +265,20 @@ def test_classification_on_raw_images(cli, world, tmp_path):
     saved = load_file(str(run / "LAST.safetensors"))
     assert any(k.startswith("visual_encoder.tower.layer4.") and k.endswith("conv1.weight") for k in saved)
     assert not any(k.startswith("visual_encoder.tower.layer3.") and k.endswith("conv1.weight") for k in saved)
+
+
+@pytest.mark.parametrize(("adam", "kind"), [(False, torch.optim.SGD), (True, torch.optim.AdamW)])
+def test_separate_visual_optimiser_holds_the_encoder_parameters(world, adam, kind):
+    from vlcli.train.optim import build_optimizers
+
+    s = raw_settings(world, use_vis_adapter=True, use_adapter=True, use_separate_optimizer_for_visual=True,
+                     use_adam_for_visual=adam, vis_lr=0.5, lr=1e-3)
+    model = build(s)
+    main, visual = build_optimizers(model, s)
+    names = {id(p): n for n, p in model.named_parameters()}
+    vis_names = {names[id(p)] for g in visual.param_groups for p in g["params"]}
+    main_names = {names[id(p)] for g in main.param_groups for p in g["params"]}
+    assert isinstance(visual, kind) and {g["lr"] for g in visual.param_groups} == {0.5}
+    assert vis_names == {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual_encoder.")}
+    assert vis_names and not any(n.startswith("visual_encoder.") for n in main_names)
+    assert {g["lr"] for g in main.param_groups} == {1e-3}
