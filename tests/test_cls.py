@@ -18,11 +18,10 @@ import pytest
 from tests.tiny import make_backbone_dir
 from vlcli import api
 from vlcli.data.features import FeatureError, write_consolidated
-from vlcli.errors import VlcliError
 from vlcli.metrics.base import MetricsInputError
 from vlcli.metrics.cls import top1_accuracy
 from vlcli.tasks import SubmissionError, TaskDataError, get_task
-from vlcli.tasks.cls import TARGET_MAX_LENGTH, image_folder_ids, read_annotations, read_words
+from vlcli.tasks.cls import TARGET_MAX_LENGTH, read_annotations, read_words
 from vlcli.train.engine import Engine
 
 TOKENS, DIM = 4, 2048  # RN50 grid features (a 2x2 grid keeps the files small)
@@ -176,21 +175,25 @@ def test_words_and_annotation_readers(tmp_path):
         read_annotations(ann)
 
 
-def test_raw_image_folders_list_ids_at_any_depth(tmp_path):
-    train = tmp_path / "train"
+def test_raw_image_folders_list_ids_at_any_depth(t5_dir, tmp_path):
+    root = tmp_path / "data"
+    train = root / "tiny-imagenet-200" / "train"
     for wnid in ("n01443537", "n01629819"):
         (train / wnid / "images").mkdir(parents=True)
         for k in (1, 0):
             (train / wnid / "images" / f"{wnid}_{k}.JPEG").write_bytes(b"")
         (train / wnid / f"{wnid}_boxes.txt").write_text("")
-    assert image_folder_ids(train, "train") == ["n01443537_0", "n01443537_1", "n01629819_0", "n01629819_1"]
+    s = settings(t5_dir, root, feature_type="raw_RN50", clip_random_init=True, image_size="64,64")
+    task = get_task("cls")
+    assert task.image_ids(s, "train") == ["n01443537_0", "n01443537_1", "n01629819_0", "n01629819_1"]
+    assert sorted(task.open_store(s, "train", train=True).ids()) == task.image_ids(s, "train")  # what is served
     (train / "copy").mkdir()
     (train / "copy" / "n01443537_0.jpg").write_bytes(b"")
-    with pytest.raises(TaskDataError, match="share the image id 'n01443537_0'"):
-        image_folder_ids(train, "train")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(TaskDataError, match="empty: no images for split 'val'"):
-        image_folder_ids(tmp_path / "empty", "val")
+    with pytest.raises(FeatureError, match="share the image id 'n01443537_0'"):
+        task.image_ids(s, "train")
+    (root / "tiny-imagenet-200" / "val").mkdir()
+    with pytest.raises(TaskDataError, match="val: no images for split 'val'"):
+        task.image_ids(s, "val")
 
 
 # -------------------------------------------------------------------------------------- errors
@@ -357,4 +360,3 @@ def test_cli_reports_a_missing_words_file_in_one_line(cli, data_root, tmp_path):
     res = cli("submit", "cls", "--data_root", str(root), "--feature_type", "RN50", "--predictions", str(preds))
     assert res.code == 2 and "words.txt: TinyImageNet words.txt not found" in res.err
     assert "Traceback" not in res.err
-    assert issubclass(TaskDataError, VlcliError)

@@ -255,6 +255,8 @@ def test_topk_counts_images_before_expansion_and_ground_upsample_repeats(world, 
         world, tokenizers, split="mscoco_resplit_val", train=False, losses="lm", valid_topk=0.5
     )
     assert len({ex.image_ids[0] for ex in valid.examples}) == 1
+    # validation examples carry references (objective, source, label); training ones none (memory)
+    assert set(valid.references) == {ex.id for ex in valid.examples} and ds.references == {}
 
 
 # ----------------------------------------------------------------------------------------- objectives

@@ -414,6 +414,12 @@ def test_missing_and_garbled_files_name_the_file(t5, backbones, tmp_path):
     refs.write_bytes(pickle.dumps([{"ref_id": 1}]))
     with pytest.raises(TaskDataError, match=r"refs\(umd\)\.p: entry 0 has no 'ann_id'"):
         build()
+    refs.write_bytes(pickle.dumps([{**REFS[0], "ann_id": [11]}]))
+    with pytest.raises(TaskDataError, match=r"refs\(umd\)\.p: ref 0: 'ann_id' must be an integer or string id"):
+        build()
+    refs.write_bytes(pickle.dumps([{**REFS[0], "sent_ids": [{"x": 1}, 1002]}]))
+    with pytest.raises(TaskDataError, match=r"ref 0, sentence 0: 'sent_id' must be an integer or string id"):
+        build()
     refs.unlink()
     with pytest.raises(TaskDataError, match=r"refs\(umd\)\.p: RefCOCOg refs file not found"):
         build()

@@ -565,6 +565,7 @@ def test_garbled_or_incomplete_annotations_name_the_file_and_line(backbones, tmp
             record("val-9", "val-1", (0, 0), question=["a", ["b"]])
         ): r"val\.jsonl:3: 'question' must be",
         "[1, 2]": r"val\.jsonl:3: a list, not a JSON object",
+        good: r"val\.jsonl:3: annot_id 'val-0' occurs twice",
     }
     path.parent.mkdir()
     for line, message in cases.items():

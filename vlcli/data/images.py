@@ -67,13 +67,16 @@ class ImageTransform:
 
 
 class ImageStore(FeatureStore):
-    """Image files of one folder by id; ``get`` returns ``(pixels (3, S, S), boxes (0, 4))``."""
+    """Image files below one folder (any depth) by file stem; ``get`` returns ``(pixels (3, S, S), boxes (0, 4))``.
+
+    The folder is listed when the store is made; two files with one stem are an error."""
 
     def __init__(self, folder: str | os.PathLike[str], transform: ImageTransform, hint: str | None = None):
         self.folder = Path(folder)
         self.transform = transform
         self.hint = hint
         self._index: dict[str, Path] | None = None
+        self._files()  # listed once here, so DataLoader workers inherit the index instead of listing again
 
     @property
     def feat_dim(self) -> int:  # type: ignore[override]
@@ -86,8 +89,12 @@ class ImageStore(FeatureStore):
                 raise FeatureError(f"{self.folder}: image folder not found; fix: {fix}")
             index: dict[str, Path] = {}
             for path in sorted(self.folder.rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                    index.setdefault(path.stem, path)
+                if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                    continue
+                if path.stem in index:
+                    raise FeatureError(f"{self.folder}: {index[path.stem]} and {path} share the image id "
+                                       f"{path.stem!r}; keep one")
+                index[path.stem] = path
             self._index = index
         return self._index
 

@@ -23,12 +23,12 @@ class MissingDataError(FeatureError):
         self.missing = missing
         n = len(missing)
         lines = [f"{n} data path{'s' if n != 1 else ''} missing (data_root = {data_root}):"]
-        for item, problem in missing:
-            lines.append(f"  - {item.name}: {item.path} {problem}; fix: {item.creates}")
+        for item, issue in missing:
+            lines.append(f"  - {item.name}: {item.path} {issue}; fix: {item.creates}")
         super().__init__("\n".join(lines))
 
 
-def _problem(item: DataPath) -> str | None:
+def problem(item: DataPath) -> str | None:
     """Why ``item`` is unusable, or None when it looks fine (existence checks only)."""
     path = item.path
     if item.kind in ("annotation", "butd"):
@@ -84,7 +84,7 @@ def preflight(
     ``tasks_and_splits``: ``{"vqa": ["karpathy_train", "karpathy_val"], ...}`` or ``[("vqa", "karpathy_train"), ...]``;
     a split may itself be comma-separated (``"train,valid"``).
     """
-    missing = [(item, problem) for item in required_paths(settings, tasks_and_splits, overrides) if (problem := _problem(item))]
+    missing = [(item, issue) for item in required_paths(settings, tasks_and_splits, overrides) if (issue := problem(item))]
     if missing:
         try:
             root = str(settings.get("data_root"))

@@ -219,7 +219,8 @@ def reference(example: PretrainExample) -> dict[str, Any]:
 
 
 def expand_all(
-    records: Sequence[tuple[Path, Mapping[str, Any]]], how: Expansion, answers: AnswerTable | None
+    records: Sequence[tuple[Path, Mapping[str, Any]]], how: Expansion, answers: AnswerTable | None,
+    with_references: bool = True,
 ) -> tuple[list[PretrainExample], dict[Hashable, Any]]:
     """Examples and references of ``(file, record)`` pairs; TaskDataError when an image appears twice."""
     examples: list[PretrainExample] = []
@@ -233,4 +234,5 @@ def expand_all(
             )
         origin[img_id] = path
         examples += expand(rec, how, answers)
-    return examples, {ex.id: reference(ex) for ex in examples}
+    # Training never scores its examples: no references (they cost ~200 B each on LXMERT's ~9M examples).
+    return examples, ({ex.id: reference(ex) for ex in examples} if with_references else {})

@@ -89,26 +89,6 @@ def read_annotations(path: Path) -> dict[str, str]:
     return wnids
 
 
-def image_folder_ids(folder: Path, split: str) -> list[str]:
-    """Stems of the images below ``folder`` (any depth: TinyImageNet keeps training images in
-    ``train/{wnid}/images/``), sorted; two images with one stem are an error."""
-    from vlcli.features.images import IMAGE_SUFFIXES  # PIL is only needed for raw images
-
-    fix = f"{UNPACK_HINT}, or point --data_paths cls.images at the images"
-    if not folder.is_dir():
-        raise TaskDataError(f"{folder}: image folder of split {split!r} not found; {fix}")
-    seen: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-            continue
-        if path.stem in seen:
-            raise TaskDataError(f"{folder}: {seen[path.stem]} and {path} share the image id {path.stem!r}; keep one")
-        seen[path.stem] = path
-    if not seen:
-        raise TaskDataError(f"{folder}: no images for split {split!r}; {fix}")
-    return sorted(seen)
-
-
 # ---------------------------------------------------------------------------------------- task
 
 
@@ -182,8 +162,7 @@ class ClassificationTask(Task):
     def image_ids(self, settings: Settings, split: str) -> list[str]:
         """The image ids of ``split``, sorted: the stems of its feature files, or of its image files for
         ``raw_*`` feature types (the folder ``cls.images``)."""
-        if self._feature_type(settings) in layout.RAW_FEATURE_TYPES:
-            return image_folder_ids(layout.data_path(settings, "cls.images", split), split)
+        raw = self._feature_type(settings) in layout.RAW_FEATURE_TYPES
         store = self.open_store(settings, split)
         try:
             ids = sorted(store.ids())
@@ -191,6 +170,9 @@ class ClassificationTask(Task):
             close = getattr(store, "close", None)
             if close is not None:
                 close()
+        if not ids and raw:
+            raise TaskDataError(f"{layout.data_path(settings, 'cls.images', split)}: no images for split {split!r}; "
+                                f"{UNPACK_HINT}, or point --data_paths cls.images at the images")
         if not ids:
             path = layout.data_path(settings, "cls.clip", split)
             raise TaskDataError(

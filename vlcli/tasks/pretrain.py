@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from vlcli.data.features import BUTDStore, FeatureStore, RoutedStore, SubstringRoute
-from vlcli.data.layout import DataPath, data_path
+from vlcli.data.layout import DataPath, data_path, merge_paths
 from vlcli.errors import VlcliError
 from vlcli.pretraining import objectives as obj
 from vlcli.pretraining.answers import AnswerTable
@@ -246,6 +246,7 @@ class PretrainTask(Task):
     weighted = True  # the example weight carries --ground_weight
     primary_metric = "selection"
     dataset_class = PretrainDataset
+    region_features = True  # ground_caption / refer name boxes by position: never pool them
 
     def target_length(self, settings: Settings) -> int | None:
         return self.run(settings).gen_max_length  # the original truncated targets at gen_max_length
@@ -267,7 +268,7 @@ class PretrainTask(Task):
             key: _butd(settings, IMAGE_SET_FILES[key], FEATURE_HINT) for key in IMAGE_SET_FILES if key in sets
         }
 
-    def required_paths(self, settings: Settings, train_split: str, valid_split: str) -> list[DataPath]:
+    def run_paths(self, settings: Settings, train_split: str, valid_split: str) -> list[DataPath]:
         """Every file a pretraining run reads: annotations, answer table, vocabularies, features."""
         losses = parse_losses(settings)
         items: list[DataPath] = []
@@ -301,19 +302,19 @@ class PretrainTask(Task):
                 )
         items += self.feature_paths(settings, train_split, train=True).values()
         items += self.feature_paths(settings, valid_split, train=False).values()
-        unique: dict[Path, DataPath] = {}
-        for item in items:
-            unique.setdefault(item.path, item)
-        return list(unique.values())
+        return merge_paths(items)
+
+    def required_paths(self, settings: Settings, split: str) -> list[DataPath]:
+        """The base hook: the files of a run that trains or validates on ``split`` (with the default other one)."""
+        if split == self.splits["valid"]:
+            return self.run_paths(settings, self.splits["train"], split)
+        return self.run_paths(settings, split, self.splits["valid"])
 
     def preflight(self, settings: Settings, train_split: str, valid_split: str) -> None:
         """One MissingDataError listing every missing file, before any model is built."""
-        from vlcli.data.preflight import MissingDataError
+        from vlcli.data.preflight import MissingDataError, problem
 
-        missing = []
-        for item in self.required_paths(settings, train_split, valid_split):
-            if not item.path.is_file():
-                missing.append((item, "is a folder, not a file" if item.path.is_dir() else "does not exist"))
+        missing = [(item, p) for item in self.run_paths(settings, train_split, valid_split) if (p := problem(item))]
         if missing:
             raise MissingDataError(missing, str(settings.get("data_root")))
 
@@ -338,11 +339,11 @@ class PretrainTask(Task):
         return out
 
     def _expand(
-        self, settings: Settings, records: list[tuple[Path, dict[str, Any]]]
+        self, settings: Settings, records: list[tuple[Path, dict[str, Any]]], with_references: bool = True
     ) -> tuple[list[PretrainExample], dict[Hashable, Any]]:
         losses = parse_losses(settings)
         answers = AnswerTable.from_file(data_path(settings, "pretrain.answers")) if "qa" in losses else None
-        return expand_all(records, Expansion.from_settings(settings, losses), answers)
+        return expand_all(records, Expansion.from_settings(settings, losses), answers, with_references)
 
     def load_examples(
         self, settings: Settings, split: str, *, train: bool
@@ -366,7 +367,7 @@ class PretrainTask(Task):
         seed = int(settings.get("seed"))
         topk = {"train": settings.get("train_topk"), "valid": settings.get("valid_topk")}.get(role)
         records = select_topk(self._records(settings, split), topk, seed)
-        examples, references = self._expand(settings, records)
+        examples, references = self._expand(settings, records, with_references=not train)
         if not examples:
             raise TaskDataError(
                 f"split {split!r}: no pretraining example for --losses {settings.get('losses')} "

@@ -91,6 +91,7 @@ def load_ann_boxes(path: Path) -> dict[Any, list[float]]:
     boxes: dict[Any, list[float]] = {}
     for i, ann in enumerate(anns):
         require(ann, ("id", "bbox"), path, i)
+        _check_id(ann["id"], path, f"annotation {i}", "id")
         try:
             boxes[ann["id"]] = xywh_to_xyxy(ann["bbox"])
         except (TypeError, ValueError):
@@ -121,6 +122,13 @@ def load_annotations(refs_path: Path, instances_path: Path) -> tuple[list[dict[s
     return _CACHE[key]
 
 
+def _check_id(value: Any, path: Path, where: str, key: str) -> None:
+    """Ids are ints or strings in the original files; anything else is a garbled file, not a crash."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TaskDataError(f"{path}: {where}: {key!r} must be an integer or string id, got {value!r}; "
+                            "use the original file")
+
+
 def in_split(ref_split: Any, split: str) -> bool:
     """REFER's split test: ``test`` matches every split containing "test" (testA, testB, ...), others exactly."""
     return split in str(ref_split) if split == "test" else str(ref_split) == split
@@ -137,6 +145,7 @@ def sentences_of(ref: Mapping[str, Any], path: Path, index: int) -> list[tuple[H
         sid = ids[j] if ids is not None else (sent.get("sent_id") if isinstance(sent, dict) else None)
         if not isinstance(sent, dict) or not isinstance(sent.get("raw"), str) or sid is None:
             raise TaskDataError(f"{path}: ref {index}, sentence {j}: needs 'raw' text and a 'sent_id'; use the original file")
+        _check_id(sid, path, f"ref {index}, sentence {j}", "sent_id")
         out.append((sid, sent["raw"]))
     return out
 
@@ -294,6 +303,8 @@ class RefCOCOTask(Task):
         references: dict[Hashable, Any] = {}
         for i, ref in enumerate(refs):
             require(ref, ("ref_id", "ann_id", "image_id", "split", "sentences"), refs_path, i)
+            for key in ("ref_id", "ann_id", "image_id"):
+                _check_id(ref[key], refs_path, f"ref {i}", key)
             if not in_split(ref["split"], split):
                 continue
             box = ann_boxes.get(ref["ann_id"])

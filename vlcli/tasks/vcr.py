@@ -328,11 +328,16 @@ class VCRTask(Task):
         every_answer = not train and split == self.splits["submit"]
         examples: list[Example] = []
         references: dict[Hashable, Any] = {}
+        seen: set[Hashable] = set()
         try:
             with path.open(encoding="utf-8") as fh:
                 for line_no, line in enumerate(fh, start=1):
                     if line.strip():
                         ex = self._example(line, f"{path}:{line_no}", train, every_answer)
+                        if ex.id in seen:
+                            raise TaskDataError(f"{path}:{line_no}: annot_id {ex.id!r} occurs twice; "
+                                                "use the original file")
+                        seen.add(ex.id)
                         examples.append(ex)
                         if ex.answer_label is not None:
                             references[ex.id] = {
