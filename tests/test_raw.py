@@ -282,3 +282,17 @@ def test_separate_visual_optimiser_holds_the_encoder_parameters(world, adam, kin
     assert vis_names == {n for n, p in model.named_parameters() if p.requires_grad and n.startswith("visual_encoder.")}
     assert vis_names and not any(n.startswith("visual_encoder.") for n in main_names)
     assert {g["lr"] for g in main.param_groups} == {1e-3}
+
+
+def test_four_task_mix_on_raw_images(cli, world, tmp_path):
+    """GQA (VG / GQA folders), NLVR2 (two images per example: (B, 2, 3, S, S)) and captioning (COCO val2014)
+    read their raw images too; one shared encoder serves every task."""
+    run = tmp_path / "mix"
+    res = cli("finetune", "multitask", "--tasks", "vqa,gqa,nlvr,caption", "--feature_type", "raw_RN50",
+              "--use_vis_adapter", "--use_adapter", "--image_size", f"{SIZE},{SIZE}", "--clip_random_init",
+              "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--batch_size", "4",
+              "--epochs", "1", "--num_workers", "0", "--output", str(run))
+    assert res.code == 0, res.err
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"valid/vqa", "valid/gqa", "valid/nlvr", "valid/caption"} <= set(record)
+    assert "accuracy" in record["valid/nlvr"] and "CIDEr" in record["valid/caption"]

@@ -228,14 +228,16 @@ def _vqa_sets(split: str) -> tuple[str, ...]:
     return _VQA_SETS.get(split, ("train2014", "val2014"))
 
 
-def _gqa_source(split: str, clip: bool) -> str:
+def _gqa_source(split: str, gqa_folder: bool) -> str:
+    """The feature source of a GQA split; ``gqa_folder``: submit images come from GQA's own folder."""
     if split in ("train", "valid"):
         return "vg"
     if split == "testdev":
         return "testdev"
     if split.startswith("submit"):
-        # The original reads GQA's submit images from the VG BUTD file but from GQA's CLIP folder (spec §1.2).
-        return "testdev" if clip else "vg"
+        # The original reads GQA's submit images from the VG BUTD file but from GQA's CLIP folder (spec §1.2);
+        # raw images come from GQA's own image folder (the submit images are not VG images).
+        return "testdev" if gqa_folder else "vg"
     raise FeatureError(f"unknown GQA split {split!r}; fix: use train, valid, testdev or submit")
 
 
@@ -293,7 +295,7 @@ def task_layout(
     elif task == "gqa":
         for s in names:
             annotations.append(r.annotation("gqa.questions", s))
-            source = _gqa_source(s, clip)
+            source = _gqa_source(s, clip or raw)  # raw: the GQA images folder holds the submit images
             if source in features:
                 continue
             if raw:
