@@ -570,3 +570,28 @@ def test_pretrain_two_epochs_then_finetune_vqa_from_epoch01(cli, world, tmp_path
     res = cli(*vqa, "--use_adapter", "--allow_partial_load", "--output", str(tmp_path / "ad"))
     assert res.code == 0, res.err
     assert "partial load" in res.err and "missing" in res.err
+
+
+def test_pretraining_on_raw_images_drops_grounding(cli, world, tmp_path):
+    from PIL import Image
+
+    folders = {"COCO_train2014": "COCO/images/train2014", "COCO_val2014": "COCO/images/val2014"}
+    for ids in FEATURE_FILES.values():
+        for image_id in ids:
+            folder = world["data"] / next((f for p, f in folders.items() if image_id.startswith(p)), "VG/VG_100K")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (80, 60), (200, 30, 30)).save(folder / f"{image_id}.jpg")
+    run = tmp_path / "raw"
+    args = ["pretrain", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
+            "raw_RN50", "--clip_random_init", "--image_size", "64,64", "--batch_size", "8", "--epochs", "1",
+            "--output", str(run)]
+    res = cli(*args, "--losses", "lm,qa,itm,refer")
+    assert res.code == 0, res.err
+    assert "--losses refer dropped with --feature_type raw_RN50" in res.err
+    valid = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["valid/pretrain"]
+    assert {"loss/lm", "loss/qa", "loss/itm"} <= set(valid) and "loss/refer" not in valid
+    assert (run / "Epoch01.safetensors").is_file()
+    res = cli(*args, "--losses", "lm", "--oscar_tags", "--output", str(tmp_path / "tags"))
+    assert res.code == 2 and "--oscar_tags needs BUTD detector labels" in res.err
+    res = cli(*args, "--losses", "refer,ground_caption", "--output", str(tmp_path / "none"))
+    assert res.code == 2 and "nothing is left" in res.err

@@ -760,9 +760,19 @@ def _r45(c: RuleContext):
         )
     elif not names and c.command == "pretrain":
         yield E("R45", f"--losses is empty; choose from {', '.join(PRETRAIN_LOSSES)}.", "losses")
-    if c.command == "pretrain" and c.v("feature_type") != "butd":
-        yield E("R45", f"--feature_type {c.v('feature_type')}: pretraining reads BUTD region features only (their "
-                "detector labels make the grounding objectives); use --feature_type butd.", "feature_type")
+    ft = c.v("feature_type")
+    if c.command == "pretrain" and ft != "butd" and ft not in RAW_TYPES:
+        yield E("R45", f"--feature_type {ft}: pretraining reads BUTD region features (their detector labels make "
+                "the grounding objectives) or raw images (raw_RN50/raw_RN101/raw_RN50x4); use --feature_type butd.",
+                "feature_type")
+    elif c.command == "pretrain" and ft in RAW_TYPES:
+        grounding = [n for n in names if n in ("ground_caption", "refer")]
+        if grounding:
+            yield W("R45", f"--losses {','.join(grounding)} dropped with --feature_type {ft}: grounding needs the "
+                    "detector's boxes and labels (BUTD), as in the original.", "losses")
+        if c.v("oscar_tags"):
+            yield E("R45", f"--oscar_tags needs BUTD detector labels; not available with --feature_type {ft}.",
+                    "oscar_tags")
 
 
 @rule("R46")

@@ -60,6 +60,8 @@ SPLIT_IMAGE_SETS = {
     "vgnococo": ("vg",),
 }
 IMAGE_SET_FILES = {"train2014": "coco.butd.train2014", "val2014": "coco.butd.val2014", "vg": "vg.butd"}
+IMAGE_FOLDERS = {"train2014": "coco.images.train2014", "val2014": "coco.images.val2014", "vg": "vg.images"}
+IMAGES_HINT = "download the COCO 2014 / Visual Genome images and unpack them there (raw_* feature types)"
 COCO_ROUTE = SubstringRoute([("COCO_train2014", "train2014"), ("COCO_val2014", "val2014")], default="vg")
 
 
@@ -68,7 +70,11 @@ class PretrainFeatureError(VlcliError):
 
 
 def parse_losses(settings: Any) -> list[str]:
-    """The objectives of ``--losses`` in order, each once; VlcliError listing the valid names otherwise."""
+    """The objectives of ``--losses`` in order, each once; VlcliError listing the valid names otherwise.
+
+    On raw images the grounding objectives are dropped (they need the detector's boxes and labels; the
+    original's raw variant dropped them too; rule R45 warns).
+    """
     names: list[str] = []
     for name in str(settings.get("losses")).split(","):
         name = name.strip()
@@ -78,6 +84,11 @@ def parse_losses(settings: Any) -> list[str]:
     if bad or not names:
         what = f"unknown objective(s) {', '.join(bad)}" if bad else "no objective"
         raise VlcliError(f"--losses: {what}; valid: {', '.join(obj.OBJECTIVES)}")
+    if _raw(settings):
+        names = [n for n in names if n not in obj.GROUNDING]
+        if not names:
+            raise VlcliError(f"--losses {settings.get('losses')}: on raw images the grounding objectives are "
+                             "dropped and nothing is left; add lm, qa, itm or caption")
     return names
 
 
@@ -246,7 +257,8 @@ class PretrainTask(Task):
     weighted = True  # the example weight carries --ground_weight
     primary_metric = "selection"
     dataset_class = PretrainDataset
-    region_features = True  # ground_caption / refer name boxes by position: never pool them
+    # Not region_features: grounding needs BUTD boxes, which are not pooled unless --downsample is asked
+    # for BUTD (rule R20 warns); on raw images the grid is pooled like any other grid.
 
     def target_length(self, settings: Settings) -> int | None:
         return self.run(settings).gen_max_length  # the original truncated targets at gen_max_length
@@ -257,11 +269,17 @@ class PretrainTask(Task):
     # --------------------------------------------------------------------------------- files
 
     def feature_paths(self, settings: Settings, split: str, *, train: bool) -> dict[str, DataPath]:
-        """BUTD files of a split: by image set (training) or the compact validation file."""
+        """BUTD files of a split: by image set (training) or the compact validation file; for raw images the
+        image folders (validation images are COCO val2014 images)."""
         _check_feature_type(settings)
+        if _raw(settings):
+            sets = {"val2014"} if not train else {s for n in split_names(split)
+                                                  for s in SPLIT_IMAGE_SETS.get(n, tuple(IMAGE_FOLDERS))}
+            return {key: DataPath(IMAGE_FOLDERS[key], data_path(settings, IMAGE_FOLDERS[key]), "images", (IMAGES_HINT,))
+                    for key in IMAGE_FOLDERS if key in sets}
         if not train:
             return {"resplit_val": _butd(settings, "coco.butd.resplit_val", RESPLIT_HINT)}
-        sets: set[str] = set()
+        sets = set()
         for name in split_names(split):
             sets.update(SPLIT_IMAGE_SETS.get(name, tuple(IMAGE_SET_FILES)))
         return {
@@ -319,14 +337,21 @@ class PretrainTask(Task):
             raise MissingDataError(missing, str(settings.get("data_root")))
 
     def open_store(self, settings: Settings, split: str, *, train: bool = False) -> FeatureStore:
-        """Training images routed by id to the COCO / VG BUTD files; validation images from resplit_val."""
-        n_boxes, feat_dim = int(settings.get("n_boxes")), int(settings.get("feat_dim"))
-        stores = {
-            key: BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
-            for key, item in self.feature_paths(settings, split, train=train).items()
-        }
-        if not train:
-            return stores["resplit_val"]
+        """Training images routed by id to the COCO / VG BUTD files (or image folders); validation images from
+        resplit_val (raw: COCO val2014)."""
+        paths = self.feature_paths(settings, split, train=train)
+        stores: dict[str, FeatureStore]
+        if _raw(settings):
+            from vlcli.data.images import ImageStore, image_transform
+
+            transform = image_transform(settings, self.name, train)
+            stores = {key: ImageStore(item.path, transform, hint=item.creates) for key, item in paths.items()}
+        else:
+            n_boxes, feat_dim = int(settings.get("n_boxes")), int(settings.get("feat_dim"))
+            stores = {key: BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
+                      for key, item in paths.items()}
+        if len(stores) == 1:
+            return next(iter(stores.values()))
         return RoutedStore(stores, COCO_ROUTE)
 
     # ------------------------------------------------------------------------------ examples
@@ -485,12 +510,17 @@ class PretrainTask(Task):
 # ------------------------------------------------------------------------------------------ helpers
 
 
+def _raw(settings: Any) -> bool:
+    return str(settings.get("feature_type")).startswith("raw_")
+
+
 def _check_feature_type(settings: Any) -> None:
     feature_type = settings.get("feature_type")
-    if feature_type != "butd":
+    if feature_type != "butd" and not _raw(settings):
         raise PretrainFeatureError(
-            f"--feature_type {feature_type}: pretraining reads BUTD region features only (their detector "
-            "labels make the grounding objectives); use --feature_type butd with the *_obj36.h5 files"
+            f"--feature_type {feature_type}: pretraining reads BUTD region features (their detector labels make "
+            "the grounding objectives) or raw images (raw_RN50/raw_RN101/raw_RN50x4, without grounding); "
+            "use --feature_type butd with the *_obj36.h5 files"
         )
 
 
