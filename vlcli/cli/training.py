@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -11,6 +13,8 @@ from rich.table import Table
 from vlcli.cli import render
 from vlcli.config.resolve import EXPLICIT_KEY
 from vlcli.config.settings import Settings
+
+T = TypeVar("T")
 
 
 class RichReporter:
@@ -86,16 +90,23 @@ def _results_table(title: str, results: dict[str, Any]) -> Table:
     return table
 
 
+def _tears_down_processes(run: Callable[[Settings], T]) -> Callable[[Settings], T]:
+    """``run`` then, whatever happens, the process group of a ``torchrun`` launch is torn down."""
+
+    @functools.wraps(run)
+    def wrapper(settings: Settings) -> T:
+        from vlcli.train import dist
+
+        try:
+            return run(settings)
+        finally:
+            dist.teardown()
+
+    return wrapper
+
+
+@_tears_down_processes
 def run_finetune(settings: Settings) -> None:
-    from vlcli.train import dist
-
-    try:
-        _run_finetune(settings)
-    finally:
-        dist.teardown()
-
-
-def _run_finetune(settings: Settings) -> None:
     from vlcli.data.preflight import preflight
 
     _quiet_libraries()
@@ -146,17 +157,9 @@ def _run_finetune(settings: Settings) -> None:
     render.out.print(summary)
 
 
+@_tears_down_processes
 def run_pretrain(settings: Settings) -> None:
     """`vlcli pretrain`: the engine on the ``pretrain`` task, an ``EpochNN`` checkpoint after every epoch."""
-    from vlcli.train import dist
-
-    try:
-        _run_pretrain(settings)
-    finally:
-        dist.teardown()
-
-
-def _run_pretrain(settings: Settings) -> None:
     _quiet_libraries()
     from vlcli.tasks import get_task
     from vlcli.train.engine import Engine, plot_curves, splits_for
@@ -218,16 +221,8 @@ def _engine_for_checkpoint(settings: Settings):
     return engine
 
 
+@_tears_down_processes
 def run_eval(settings: Settings) -> dict[str, Any]:
-    from vlcli.train import dist
-
-    try:
-        return _run_eval(settings)
-    finally:
-        dist.teardown()
-
-
-def _run_eval(settings: Settings) -> dict[str, Any]:
     from vlcli.data.preflight import preflight
 
     _quiet_libraries()

@@ -52,6 +52,10 @@ class FeatureStore(ABC):
     def ids(self) -> Iterable[str]:
         """Every image id the store holds."""
 
+    def store_for(self, image_id: str) -> FeatureStore:
+        """The store that serves ``image_id`` (itself; a :class:`RoutedStore` names one of its stores)."""
+        return self
+
 
 class ArrayStore(FeatureStore):
     """Features held in memory: ``{image_id: features}`` or ``{image_id: (features, boxes)}``."""
@@ -529,3 +533,10 @@ class RoutedStore(FeatureStore):
 
 def _describe(store: FeatureStore) -> str:
     return str(getattr(store, "path", None) or getattr(store, "directory", None) or type(store).__name__)
+
+
+def combine_stores(
+    stores: Mapping[str, FeatureStore], route: Callable[[str], str | None] | None = None
+) -> FeatureStore:
+    """The only store of ``stores``, or a :class:`RoutedStore` over all of them."""
+    return next(iter(stores.values())) if len(stores) == 1 else RoutedStore(stores, route)

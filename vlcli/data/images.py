@@ -23,8 +23,9 @@ Missing or unreadable images raise :class:`~vlcli.data.features.FeatureError` na
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from PIL import Image, UnidentifiedImageError
 
 from vlcli.data.features import FeatureError, FeatureStore
 from vlcli.features.images import CLIP_MEAN, CLIP_STD, IMAGE_SUFFIXES, Preprocess
+
+if TYPE_CHECKING:
+    from vlcli.data.layout import DataPath
 
 FLIP_SAFE_TASKS = ("cls",)
 """Tasks whose text never depends on left / right: flipped by default when augmenting."""
@@ -122,6 +126,12 @@ class ImageStore(FeatureStore):
 
     def ids(self) -> Iterable[str]:
         return list(self._files())
+
+
+def image_stores(settings, task: str, paths: Mapping[str, DataPath], train: bool) -> dict[str, ImageStore]:
+    """An :class:`ImageStore` per image folder of ``paths``, sharing ``task``'s transform."""
+    transform = image_transform(settings, task, train)
+    return {key: ImageStore(item.path, transform, hint=item.creates) for key, item in paths.items()}
 
 
 def image_transform(settings, task: str, train: bool) -> ImageTransform:

@@ -15,24 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vlcli.config.derive import FEATURE_TYPES, GRID_FEAT_DIM, RAW_TYPES
 from vlcli.data.features import (
     BUTDStore,
     CLIPStore,
     ConsolidatedStore,
     FeatureError,
     FeatureStore,
-    RoutedStore,
     SubstringRoute,
+    combine_stores,
 )
 
 TASKS: tuple[str, ...] = ("vqa", "gqa", "nlvr", "caption")
 
-CLIP_FEAT_DIM: dict[str, int] = {"RN50": 2048, "RN101": 2048, "RN50x4": 2560, "ViT": 768}
-"""Precomputed CLIP grid features: ``feature_type`` -> channel width (spec §2.3)."""
-
-RAW_FEATURE_TYPES: tuple[str, ...] = ("raw_RN50", "raw_RN101", "raw_RN50x4", "raw_ViT")
-
-FEATURE_TYPES: tuple[str, ...] = ("butd", *CLIP_FEAT_DIM, *RAW_FEATURE_TYPES)
+# Precomputed CLIP grid features: ``feature_type`` -> channel width (spec §2.3); one table for the project.
+CLIP_FEAT_DIM: dict[str, int] = GRID_FEAT_DIM
+RAW_FEATURE_TYPES: tuple[str, ...] = RAW_TYPES
 
 DEFAULT_PATHS: dict[str, str] = {
     # annotations
@@ -388,15 +386,11 @@ def open_features(
     """
     layout = layout_for(settings, task, split, overrides)
     if layout.feature_type in RAW_FEATURE_TYPES:
-        from vlcli.data.images import ImageStore, image_transform
+        from vlcli.data.images import image_stores
 
-        transform = image_transform(settings, task, train)
-        images = {key: ImageStore(item.path, transform, hint=item.creates) for key, item in layout.features.items()}
-        return next(iter(images.values())) if len(images) == 1 else RoutedStore(images, layout.route)
+        return combine_stores(image_stores(settings, task, layout.features, train), layout.route)
     n_boxes = None
     if layout.feature_type == "butd":
         n_boxes = int(_setting(settings, "max_n_boxes" if task == "caption" else "n_boxes", 36))
-    stores = {key: _open(item, n_boxes, layout.feat_dim) for key, item in layout.features.items()}
-    if len(stores) == 1:
-        return next(iter(stores.values()))
-    return RoutedStore(stores, layout.route)
+    return combine_stores({key: _open(item, n_boxes, layout.feat_dim) for key, item in layout.features.items()},
+                          layout.route)

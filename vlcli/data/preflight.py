@@ -28,7 +28,7 @@ class MissingDataError(FeatureError):
         super().__init__("\n".join(lines))
 
 
-def problem(item: DataPath) -> str | None:
+def _problem(item: DataPath) -> str | None:
     """Why ``item`` is unusable, or None when it looks fine (existence checks only)."""
     path = item.path
     if item.kind in ("annotation", "butd"):
@@ -84,7 +84,12 @@ def preflight(
     ``tasks_and_splits``: ``{"vqa": ["karpathy_train", "karpathy_val"], ...}`` or ``[("vqa", "karpathy_train"), ...]``;
     a split may itself be comma-separated (``"train,valid"``).
     """
-    missing = [(item, issue) for item in required_paths(settings, tasks_and_splits, overrides) if (issue := problem(item))]
+    check_paths(settings, required_paths(settings, tasks_and_splits, overrides))
+
+
+def check_paths(settings: Any, items: Iterable[DataPath]) -> None:
+    """One :class:`MissingDataError` listing every unusable path of ``items``, or return None."""
+    missing = [(item, issue) for item in items if (issue := _problem(item))]
     if missing:
         try:
             root = str(settings.get("data_root"))

@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlcli.config.derive import GRID_FEAT_DIM, POOLED_FEAT_DIM
 from vlcli.features.common import ExtractionError, Progress, SilentProgress, atomic_path, write_json_atomic
 from vlcli.features.images import CLIP_MEAN, CLIP_STD, ImageDataset, Preprocess, collate
 
 BACKBONES: dict[str, str] = {"RN50": "RN50", "RN101": "RN101", "RN50x4": "RN50x4", "ViT": "ViT-B-32"}
 """``feature_type`` -> open_clip model name."""
 
-GRID_DIM: dict[str, int] = {"RN50": 2048, "RN101": 2048, "RN50x4": 2560, "ViT": 768}
-POOLED_DIM: dict[str, int] = {"RN50": 1024, "RN101": 512, "RN50x4": 640}
+GRID_DIM: dict[str, int] = GRID_FEAT_DIM
+POOLED_DIM: dict[str, int] = POOLED_FEAT_DIM
 
 DEFAULT_TAG = "openai"
 DEFAULT_IMAGE_SIZE = 224

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlcli.config.derive import POOLED_FEAT_DIM
 from vlcli.errors import VlcliError
 
-GRID_DIM = {"RN50": 2048, "RN101": 2048, "RN50x4": 2560}
-POOLED_DIM = {"RN50": 1024, "RN101": 512, "RN50x4": 640}
 RANDOM_SEED = 0
 """Seed of ``clip_random_init`` weights: fixed, so an adapter-only checkpoint reloads into the same encoder."""
 
@@ -57,7 +56,7 @@ class ImageEncoderConfig:
         if not feature_type.startswith("raw_"):
             return None
         clip_type = feature_type[len("raw_"):]
-        if clip_type not in GRID_DIM:
+        if clip_type not in POOLED_FEAT_DIM:  # the ResNets (the encoder has no ViT path)
             raise ImageEncoderError(
                 f"--feature_type {feature_type}: the in-model encoder supports raw_RN50, raw_RN101 and raw_RN50x4"
             )
@@ -69,15 +68,6 @@ class ImageEncoderConfig:
             random_init=bool(settings.get("clip_random_init")),
             freeze_bn_statistics=bool(settings.get("freeze_bn_statistics")),
         )
-
-    @property
-    def out_dim(self) -> int:
-        return (POOLED_DIM if self.pooled else GRID_DIM)[self.clip_type]
-
-    @property
-    def tokens(self) -> int:
-        """Visual tokens per image."""
-        return 1 if self.pooled else (self.image_size // 32) ** 2
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vlcli.data.features import BUTDStore, FeatureStore, RoutedStore, SubstringRoute
+from vlcli.data.features import BUTDStore, FeatureStore, SubstringRoute, combine_stores
 from vlcli.data.layout import DataPath, data_path, merge_paths
 from vlcli.errors import VlcliError
 from vlcli.pretraining import objectives as obj
@@ -212,7 +212,7 @@ class PretrainDataset(TaskDataset):
 
     def _labels(self, image_id: str, keys: list[str]) -> dict[str, np.ndarray]:
         """The detector's ``obj_id`` / ``attr_id`` of the image's boxes, checked against the vocabularies."""
-        store = self.store.store_for(image_id) if isinstance(self.store, RoutedStore) else self.store
+        store = self.store.store_for(image_id)
         if not isinstance(store, BUTDStore):
             raise TaskDataError(
                 f"image {image_id!r}: pretraining needs BUTD features with obj_id/attr_id per box "
@@ -330,11 +330,9 @@ class PretrainTask(Task):
 
     def preflight(self, settings: Settings, train_split: str, valid_split: str) -> None:
         """One MissingDataError listing every missing file, before any model is built."""
-        from vlcli.data.preflight import MissingDataError, problem
+        from vlcli.data.preflight import check_paths
 
-        missing = [(item, p) for item in self.run_paths(settings, train_split, valid_split) if (p := problem(item))]
-        if missing:
-            raise MissingDataError(missing, str(settings.get("data_root")))
+        check_paths(settings, self.run_paths(settings, train_split, valid_split))
 
     def open_store(self, settings: Settings, split: str, *, train: bool = False) -> FeatureStore:
         """Training images routed by id to the COCO / VG BUTD files (or image folders); validation images from
@@ -342,17 +340,14 @@ class PretrainTask(Task):
         paths = self.feature_paths(settings, split, train=train)
         stores: dict[str, FeatureStore]
         if _raw(settings):
-            from vlcli.data.images import ImageStore, image_transform
+            from vlcli.data.images import image_stores
 
-            transform = image_transform(settings, self.name, train)
-            stores = {key: ImageStore(item.path, transform, hint=item.creates) for key, item in paths.items()}
+            stores = dict(image_stores(settings, self.name, paths, train))
         else:
             n_boxes, feat_dim = int(settings.get("n_boxes")), int(settings.get("feat_dim"))
             stores = {key: BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
                       for key, item in paths.items()}
-        if len(stores) == 1:
-            return next(iter(stores.values()))
-        return RoutedStore(stores, COCO_ROUTE)
+        return combine_stores(stores, COCO_ROUTE)
 
     # ------------------------------------------------------------------------------ examples
 

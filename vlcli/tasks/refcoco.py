@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from vlcli.data.features import BUTDStore, FeatureError, FeatureStore, RoutedStore
+from vlcli.data.features import BUTDStore, FeatureError, FeatureStore, combine_stores
 from vlcli.data.layout import data_path
 from vlcli.errors import VlcliError
 from vlcli.metrics.refcoco import IOU_THRESHOLD, box_iou, refcoco_accuracy, xywh_to_xyxy
@@ -156,7 +156,7 @@ def sentences_of(ref: Mapping[str, Any], path: Path, index: int) -> list[tuple[H
 def read_candidates(store: FeatureStore, image_id: str, n_boxes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The first ``n_boxes`` candidates of an image: features (N, F), normalised boxes (N, 4) and the
     stored pixel boxes (N, 4) float64 that the IoU uses."""
-    source = store.store_for(image_id) if isinstance(store, RoutedStore) else store
+    source = store.store_for(image_id)
     if not isinstance(source, BUTDStore):
         raise FeatureError(
             f"RefCOCOg reads candidate boxes from BUTD-layout h5 files (pixel boxes are needed), not a "
@@ -265,7 +265,7 @@ class RefCOCOTask(Task):
                             feat_dim=settings.derived.feat_dim, hint=BOXES_HINT)
             for name in split_names(split)
         }
-        return next(iter(stores.values())) if len(stores) == 1 else RoutedStore(stores)
+        return combine_stores(stores)
 
     def required_paths(self, settings: Settings, split: str) -> list[DataPath]:
         """The REFER files and each split's candidate-box file, for preflight."""
