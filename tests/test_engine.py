@@ -66,7 +66,8 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(world, tmp_path
     with pytest.raises(Interrupted, match="--resume"):
         Engine(engine_settings(world, tmp_path / "cut")).fit(stop_after_steps=4)  # mid epoch 2 (3 steps/epoch)
     state = torch.load(tmp_path / "cut" / "LAST.state.pt", weights_only=False)
-    assert (state["epoch"], state["batches_done"], state["global_step"]) == (1, 1, 4)
+    position = state["position"]
+    assert (position["epoch"], position["batches_done"], position["global_step"]) == (1, 1, 4)
     Engine(engine_settings(world, tmp_path / "cut", resume=True)).fit(resume=True)
     full = load_file(str(tmp_path / "full" / "LAST.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "LAST.safetensors"))

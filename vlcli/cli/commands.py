@@ -91,7 +91,7 @@ def evaluate(
         res = _validated("eval", task, profile, adapter, overrides)
         if res.settings.derived.load_path is None:
             raise VlcliError("`vlcli eval` needs --load <checkpoint or run directory> (or --predictions FILE)")
-        from vlcli.cli.training import run_eval
+        from vlcli.cli.evaluation import run_eval
 
         run_eval(res.settings)
         return
@@ -170,7 +170,7 @@ def submit(
     """Write leaderboard files in the official formats, every id of the split exactly once: from a
     checkpoint (`--load`) or from a predictions file (`vlcli submit vqa --predictions P.json`)."""
     res = _validated("submit", task, profile, adapter, overrides)
-    from vlcli.cli.training import run_submit, submit_predictions_file
+    from vlcli.cli.evaluation import run_submit, submit_predictions_file
 
     if predictions is not None:
         submit_predictions_file(res.settings, predictions, submission)

@@ -78,6 +78,9 @@ def prepare_argv(argv: list[str], group: TyperGroup) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI; user errors print one red line and exit 2 (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from vlcli.train.rundir import set_invocation
+
+    set_invocation(["vlcli", *args])
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     group = typer.main.get_command(app)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -11,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vlcli.cli import render
-from vlcli.config.resolve import EXPLICIT_KEY
 from vlcli.config.settings import Settings
 
 T = TypeVar("T")
@@ -66,15 +66,6 @@ def _quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _write_config(settings: Settings, out: Path) -> None:
-    from vlcli.train.engine import atomic_json
-
-    data = settings.flat(mode="json")
-    if settings.derived is not None:
-        data[EXPLICIT_KEY] = settings.derived.explicit
-    atomic_json(out / "config.json", data)
-
-
 def _results_table(title: str, results: dict[str, Any]) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("task / split", style="cyan")
@@ -105,40 +96,165 @@ def _tears_down_processes(run: Callable[[Settings], T]) -> Callable[[Settings], 
     return wrapper
 
 
+class RunSession:
+    """One training command's hold on its run directory (:mod:`vlcli.train.rundir`): decide, claim, record, release.
+
+    Nothing is written before :meth:`claim`; a run that fails before :meth:`start` leaves an existing
+    directory as it was (and removes one it created, if still empty).
+    """
+
+    def __init__(self, settings: Settings, command: str, needs_test: bool):
+        from vlcli.train import rundir
+
+        self.settings, self.command = settings, command
+        self.out = Path(settings.get("output"))
+        self.plan = rundir.plan(self.out, command, bool(settings.get("resume")), bool(settings.get("overwrite")))
+        self.allowed: dict[str, Any] = {}
+        self.finished = False
+        if self.plan.mode == "resume":
+            self.allowed = self._check_changes()
+            self.finished = _finished(self.out, settings.get("epochs"), needs_test)
+        self.lock = rundir.RunLock(self.out, command)
+        self.created = False
+
+    def _check_changes(self) -> dict[str, Any]:
+        from vlcli.errors import ConfigError, Issue
+        from vlcli.train import rundir
+
+        run_values = rundir.read_config(self.out) or {}
+        allowed, refused = rundir.resume_changes(run_values, self.settings.flat(mode="json"))
+        if refused:
+            listed = "; ".join(f"--{k} {new!r} (run: {old!r})" for k, (old, new) in sorted(refused.items()))
+            raise ConfigError([Issue("R52", "error", f"--resume continues {self.out} with its own settings; these "
+                                     f"differ: {listed}. Drop them, or start a new run (another --output or "
+                                     f"--overwrite); a resume may change only "
+                                     f"{', '.join('--' + k for k in sorted(rundir.RESUME_ALLOWED))}", ("resume",))])
+        return allowed
+
+    def claim(self, ctx: Any) -> None:
+        """Rank 0 creates the directory and takes the lock; every rank checks it sees them (shared --output)."""
+        from vlcli.errors import VlcliError
+        from vlcli.train import dist, rundir
+
+        if ctx.is_main:
+            self.created = rundir.make_dir(self.out)
+            self.lock.acquire()
+            if self.lock.note:
+                render.err.print(f"[yellow]{self.lock.note}[/]")
+            if self.plan.note:
+                render.err.print(f"[yellow]{self.plan.note}[/]")
+        dist.barrier(ctx)
+        if dist.broadcast_flag(ctx, not (self.out / rundir.LOCK).is_file()):
+            raise VlcliError(f"--output {self.out}: not visible from every process (rank {ctx.rank} on its node); "
+                             "a multi-node run needs an --output on a file system all nodes share")
+
+    def start(self, ctx: Any) -> None:
+        """Record the start: config.json for a new run, a ``resumes`` entry when continuing one."""
+        from vlcli.train import rundir
+
+        if not ctx.is_main:
+            return
+        if self.plan.mode == "overwrite":
+            rundir.clear_run(self.out)
+        if self.plan.mode in ("new", "overwrite") or rundir.read_config(self.out) is None:
+            extra = {"load": str(self.settings.derived.load_path)} if self.settings.derived.load_path else {}
+            rundir.write_config(self.out, self.settings, self.command, extra)
+        else:
+            rundir.append_resume(self.out, {"mode": self.plan.mode, "changed": self.allowed}, self.command)
+
+    def release(self) -> None:
+        from vlcli.train import rundir
+
+        self.lock.release()
+        if self.created:
+            rundir.remove_if_empty(self.out)
+
+
+def _finished(out: Path, epochs: int, needs_test: bool) -> bool:
+    """True when the run in ``out`` trained all ``epochs`` (and was tested, if ``needs_test``)."""
+    import json
+
+    try:
+        lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        done = max((json.loads(x).get("epoch", -1) for x in lines if x.strip()), default=-1) + 1
+    except (OSError, ValueError, AttributeError):
+        return False
+    return done >= epochs and (not needs_test or (out / "test_metrics.json").is_file())
+
+
+@contextlib.contextmanager
+def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engine_kw: Any) -> Iterator[Any]:
+    """The shared part of finetune / pretrain: preflight, claim the run directory, engine, warm start, fit.
+
+    Yields (engine, history) with the run directory still locked (for testing and submission files).
+    """
+    from vlcli.data.preflight import preflight
+    from vlcli.train import dist
+    from vlcli.train.engine import Engine
+
+    settings = session.settings
+    if needed is not None:
+        preflight(settings, needed)
+    ctx = dist.setup()
+    session.claim(ctx)
+    try:
+        engine = Engine(settings, RichReporter(), ctx=ctx, command=session.command, roles=("train", "valid"),
+                        **engine_kw)
+        resume = session.plan.mode == "resume"
+        if settings.derived.load_path and not resume:
+            engine.load_weights(settings.derived.load_path)
+        session.start(ctx)
+        history = engine.fit(resume=resume)
+        yield engine, history
+    finally:
+        session.release()
+
+
+def _open_session(settings: Settings, command: str, needs_test: bool) -> RunSession | None:
+    """The run directory decision (before any slow work); None when a --resume finds the run finished."""
+    session = RunSession(settings, command, needs_test)
+    if session.finished:
+        render.err.print(f"[green]{session.out} finished all {settings.get('epochs')} epochs; nothing to resume[/] "
+                         "(`--epochs N` with --resume trains further)")
+        return None
+    return session
+
+
 @_tears_down_processes
 def run_finetune(settings: Settings) -> None:
-    from vlcli.data.preflight import preflight
-
     _quiet_libraries()
-    from vlcli.train.engine import Engine, plot_curves, splits_for
+    from vlcli.train.engine import plot_curves, splits_for, tests_enabled
 
-    out = Path(settings.get("output"))
+    test = tests_enabled(settings)
+    session = _open_session(settings, "finetune", needs_test=test)
+    if session is None:
+        return
     demo = _ensure_demo(settings) if settings.get("demo_world") else None
-    needed = [(t, splits_for(settings, t)[role]) for t in settings.derived.tasks for role in ("train", "valid", "test")]
+    roles = ("train", "valid", "test") if test else ("train", "valid")
+    needed = [(t, splits_for(settings, t)[role]) for t in settings.derived.tasks for role in roles]
     if settings.get("submit"):
         needed += [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks]
-    preflight(settings, needed)
-    engine = Engine(settings, RichReporter())
-    if engine.ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(settings, out)
-    if settings.derived.load_path and not settings.get("resume"):
-        engine.load_weights(settings.derived.load_path)
-    history = engine.fit(resume=settings.get("resume"))
-    engine.load_weights(out / "BEST.safetensors")
-    test = engine.test()
-    written = engine.submit() if settings.get("submit") else {}
+    with _training(session, needed) as (engine, history):
+        engine.load_weights(session.out / "BEST.safetensors")
+        results = engine.test() if test else {}
+        written = engine.submit() if settings.get("submit") else {}
+        if engine.ctx.is_main:
+            plot_curves(history.records, session.out / "curves.png")
     if not engine.ctx.is_main:
         return
-    plot_curves(history.records, out / "curves.png")
+    if test:
+        render.out.print(_results_table("Test (BEST weights)", results))
+    render.out.print(_run_summary(engine, history, demo, written))
+
+
+def _run_summary(engine: Any, history: Any, demo: dict[str, Any] | None, written: dict[str, Any]) -> Table:
     from vlcli.model.params import count_parameters
 
     counts = count_parameters(engine.module)
-    render.out.print(_results_table("Test (BEST weights)", test))
     summary = Table(title="Run", title_justify="left", show_header=False)
     summary.add_column("", style="cyan")
     summary.add_column("")
-    summary.add_row("run directory", str(out))
+    summary.add_row("run directory", str(engine.out))
     summary.add_row("best epoch", str((history.best_epoch or 0) + 1) if history.best_epoch is not None else "-")
     summary.add_row("best valid score", f"{history.best:.2f}" if history.best is not None else "-")
     if demo is not None:
@@ -154,7 +270,7 @@ def run_finetune(settings: Settings) -> None:
         summary.add_row("samples/s (last epoch)", f"{last['samples_per_s']:.1f}")
     for task, (path, rows) in written.items():
         summary.add_row(f"{task} submission", f"{path} ({rows:,} rows)")
-    render.out.print(summary)
+    return summary
 
 
 @_tears_down_processes
@@ -162,21 +278,19 @@ def run_pretrain(settings: Settings) -> None:
     """`vlcli pretrain`: the engine on the ``pretrain`` task, an ``EpochNN`` checkpoint after every epoch."""
     _quiet_libraries()
     from vlcli.tasks import get_task
-    from vlcli.train.engine import Engine, plot_curves, splits_for
+    from vlcli.train.engine import plot_curves, splits_for
 
-    out = Path(settings.get("output"))
+    session = _open_session(settings, "pretrain", needs_test=False)
+    if session is None:
+        return
+    out = session.out
     splits = splits_for(settings, "pretrain")
     get_task("pretrain").preflight(settings, splits["train"], splits["valid"])
-    engine = Engine(settings, RichReporter(), epoch_checkpoints=True, command="pretrain")
-    if engine.ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_config(settings, out)
-    if settings.derived.load_path and not settings.get("resume"):
-        engine.load_weights(settings.derived.load_path)  # initial weights; the epoch count starts at 1
-    history = engine.fit(resume=settings.get("resume"))
+    with _training(session, None, epoch_checkpoints=True) as (engine, history):
+        if engine.ctx.is_main:
+            plot_curves(history.records, out / "curves.png")
     if not engine.ctx.is_main:
         return
-    plot_curves(history.records, out / "curves.png")
     from vlcli.model.params import count_parameters
 
     evaluated = [r for r in history.records if "valid/pretrain" in r]
@@ -209,91 +323,3 @@ def _ensure_demo(settings: Settings) -> dict[str, Any]:
     root = Path(settings.get("data_root"))
     render.err.print(f"[dim]demo world in {root} (created on first use)[/]")
     return ensure_world(root, feature_type, progress=render.ProgressBar("images"))
-
-
-def _engine_for_checkpoint(settings: Settings):
-    from vlcli.train.engine import Engine
-
-    load = Path(settings.derived.load_path)
-    engine = Engine(settings, RichReporter())
-    engine.out = load.parent
-    engine.load_weights(load)
-    return engine
-
-
-@_tears_down_processes
-def run_eval(settings: Settings) -> dict[str, Any]:
-    from vlcli.data.preflight import preflight
-
-    _quiet_libraries()
-    from vlcli.train.engine import atomic_json, splits_for
-
-    roles = ("test",) if settings.get("test_only") else ("valid", "test")
-    preflight(settings, [(t, splits_for(settings, t)[r]) for t in settings.derived.tasks for r in roles])
-    engine = _engine_for_checkpoint(settings)
-    results: dict[str, Any] = {}
-    for role in roles:
-        result = engine._evaluate_all(role, write=True)
-        results.update({k: v for k, v in result.items() if k != "score"})
-        results[f"{role}/score"] = result["score"]
-    if engine.ctx.is_main:
-        atomic_json(engine.out / "eval_metrics.json", results)
-        render.out.print(_results_table(f"Evaluation of {settings.derived.load_path}", results))
-    return results
-
-
-def run_submit(settings: Settings) -> None:
-    from vlcli.data.preflight import preflight
-
-    _quiet_libraries()
-    from vlcli.train.engine import splits_for
-
-    preflight(settings, [(t, splits_for(settings, t)["submit"]) for t in settings.derived.tasks])
-    engine = _engine_for_checkpoint(settings)
-    written = engine.submit()
-    if engine.ctx.is_main:
-        for task, (path, rows) in written.items():
-            render.out.print(f"[green]{task}[/]: wrote {path} ({rows:,} predictions, every id of the split once)")
-
-
-def _read_predictions(path: Path, task: str) -> list[tuple[Any, Any]]:
-    """(id, prediction) pairs from ``[{id, prediction}]`` or the task's official result format."""
-    from vlcli.errors import VlcliError
-    from vlcli.metrics.files import load_json
-
-    rows = load_json(path, "--predictions")
-    keys = {"vqa": ("question_id", "answer"), "gqa": ("questionId", "prediction"), "caption": ("image_id", "caption"),
-            "cls": ("image_id", "prediction")}
-    pairs = []
-    if not isinstance(rows, list):
-        raise VlcliError(f"--predictions {path}: expected a JSON list of predictions")
-    for i, row in enumerate(rows):
-        if isinstance(row, dict) and "id" in row and "prediction" in row:
-            pairs.append((row["id"], row["prediction"]))
-        elif isinstance(row, dict) and task in keys and all(k in row for k in keys[task]):
-            pairs.append((row[keys[task][0]], row[keys[task][1]]))
-        else:
-            want = " or ".join(["{id, prediction}"] + ([f"{{{', '.join(keys[task])}}}"] if task in keys else []))
-            raise VlcliError(f"--predictions {path}: entry {i} is not {want}")
-    return pairs
-
-
-def submit_predictions_file(settings: Settings, predictions: Path, target: Path | None) -> None:
-    """Check a predictions file against the task's submission split and write the official file."""
-    from vlcli.errors import VlcliError
-    from vlcli.tasks import get_task
-    from vlcli.train.engine import splits_for
-
-    if len(settings.derived.tasks) != 1:
-        raise VlcliError("`vlcli submit --predictions` takes one TASK (e.g. `vlcli submit vqa --predictions P.json`)")
-    task = settings.derived.tasks[0]
-    split = splits_for(settings, task)["submit"]
-    impl = get_task(task)
-    examples, _ = impl.load_examples(settings, split, train=False)  # only the split's ids are needed
-    split_ids = [ex.id for ex in examples]
-    pairs = _read_predictions(predictions, task)
-    ids = {str(i): i for i in split_ids}
-    pairs = [(ids.get(str(k), k), v) for k, v in pairs]  # JSON turns ids into str / int: match the split's
-    path = target or Path(settings.get("output")) / f"{task}_{impl.submission_file}"
-    rows = impl.write_submission(pairs, split_ids, path)
-    render.out.print(f"[green]{task}[/]: wrote {path} ({rows:,} predictions, every id of split {split} once)")

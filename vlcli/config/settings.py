@@ -75,6 +75,7 @@ class TrainSettings(Section):
     save_full: Bool = F(False, "Save every weight in checkpoints instead of only the trained ones.")
     allow_partial_load: Bool = F(False, "Load a --load checkpoint whose keys do not all match; list what was skipped.")
     resume: Bool = F(False, "Continue the interrupted run in --output from LAST (weights, optimiser, schedule, RNG, position).")
+    overwrite: Bool = F(False, "Replace the run already in --output (finetune/pretrain); without it an existing run is refused.")
     best_metric: str = F("average", "What selects BEST: average (of each task's primary metric), TASK, or TASK/METRIC.")
 
 

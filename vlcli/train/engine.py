@@ -1,28 +1,29 @@
-"""The training / evaluation engine behind ``vlcli finetune``, ``vlcli eval --load`` and ``vlcli submit``.
+"""The training / evaluation engine behind ``vlcli finetune``, ``vlcli pretrain``, ``eval --load`` and ``submit``.
 
 One process by default (CPU or one GPU); under ``torchrun`` / ``accelerate launch`` the model is
 wrapped in DDP, training batches are sharded by ``DistributedSampler`` and evaluation predictions are
 gathered from every rank and de-duplicated by id. Rank 0 alone reports and writes.
 
-A run directory (``--output``) holds ``config.json`` (the resolved settings), ``metrics.jsonl`` (one
-JSON object per epoch / evaluation), ``BEST`` and ``LAST`` checkpoints (``.safetensors`` + ``.json``),
-``LAST.state.pt`` (optimiser, schedule, scaler, RNG states and the position in the epoch, for
-``--resume``), predictions, submissions and ``curves.png``. Every file is written atomically.
+:meth:`Engine.fit` reads top to bottom: plan the run, restore or start the position, then per epoch
+:meth:`Engine._train_epoch` (steps; a stop request ends it at an optimiser-step boundary) and
+:meth:`Engine._end_epoch` (validation, BEST / LAST, metrics). The run directory it writes into holds
+``metrics.jsonl`` (every record of the run with a timestamp), ``BEST`` / ``LAST`` checkpoints
+(``.safetensors`` + ``.json``) and ``LAST.state.pt`` (optimisers, schedules, scaler, RNG states and the
+position, for ``--resume``); every file is written atomically. The directory contract itself (refusing
+to touch existing runs, the lock, ``config.json``) is :mod:`vlcli.train.rundir`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import math
-import random
 import time
 from collections.abc import Hashable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -35,10 +36,18 @@ from vlcli.tasks import get_task
 from vlcli.tasks.base import TaskDataset, seed_worker
 from vlcli.train import dist
 from vlcli.train.optim import build_optimizers, linear_schedule, total_steps
+from vlcli.train.report import Reporter, SilentReporter, plot_curves
+from vlcli.train.rundir import now_iso
 from vlcli.train.scoring import score, selection_score
+from vlcli.train.state import EpochTally, Position, StopRequest, kill_point, rng_state, seed_everything, set_rng_state
 
 STATE_SUFFIX = ".state.pt"
 ROLES = ("train", "valid", "test", "submit")
+TIMING_KEYS = ("time", "elapsed_s", "epoch_s", "samples_per_s")
+"""Keys of a metrics.jsonl record that measure time (they differ between otherwise identical runs)."""
+
+__all__ = ["Engine", "History", "Interrupted", "Reporter", "SilentReporter", "TrainingError", "plot_curves",
+           "splits_for", "tests_enabled"]
 
 
 class TrainingError(VlcliError):
@@ -46,39 +55,13 @@ class TrainingError(VlcliError):
 
 
 class Interrupted(VlcliError):
-    """Ctrl-C during training: LAST and its resume state were saved first."""
+    """Ctrl-C (exit 130) or SIGTERM (exit 143) during training: LAST and its resume state were saved first."""
 
     exit_code = 130
 
-
-# ------------------------------------------------------------------------------------ reporting
-
-
-class Reporter(Protocol):
-    """How the engine reports progress (the CLI renders it with rich; library use can stay silent)."""
-
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None: ...
-    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None: ...
-    def evaluating(self, task: str, split: str, batches: int) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
-class SilentReporter:
-    def epoch_start(self, epoch: int, epochs: int, steps: int) -> None:
-        pass
-
-    def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None:
-        pass
-
-    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        pass
-
-    def evaluating(self, task: str, split: str, batches: int) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -109,27 +92,6 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def splits_for(settings: Any, task: str) -> dict[str, str]:
     """Split of each role: the task's defaults (spec), or ``--train/--valid/--test`` in single-task runs."""
     splits = dict(get_task(task).splits)
@@ -141,6 +103,12 @@ def splits_for(settings: Any, task: str) -> dict[str, str]:
     return splits
 
 
+def tests_enabled(settings: Any) -> bool:
+    """False when the user said ``--test none`` (the default, none, means the task's test split)."""
+    explicit = settings.derived.explicit if settings.derived is not None else []
+    return not ("test" in explicit and settings.get("test") is None)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -150,50 +118,64 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 @dataclass
 class History:
-    """Per-epoch records (also appended to metrics.jsonl) and the best score so far."""
+    """Per-epoch records (also in metrics.jsonl) and the best score so far."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
     best: float | None = None
     best_epoch: int | None = None
 
 
+@dataclass
+class TrainingPlan:
+    """What a run trains with: the data, the optimisers and their schedules."""
+
+    loader: MultitaskLoader
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    epochs: int
+    accumulation: int
+
+
 class Engine:
-    """Builds tokenizer, model, data and optimiser from validated settings; trains, evaluates, predicts."""
+    """Builds tokenizer, data, model and optimiser from validated settings; trains, evaluates, predicts."""
 
     def __init__(self, settings: Any, reporter: Reporter | None = None, ctx: dist.Context | None = None,
-                 epoch_checkpoints: bool = False, command: str = "finetune"):
+                 epoch_checkpoints: bool = False, command: str = "finetune", roles: tuple[str, ...] = ()):
         """``epoch_checkpoints``: also keep ``EpochNN`` (NN = epoch + 1, two digits) after every epoch
-        (pretraining, as the original); ``command`` names the CLI command in messages."""
+        (pretraining, as the original); ``command`` names the CLI command in messages; ``roles``: the
+        datasets built (and checked non-empty) before the model, e.g. ``("train", "valid")``."""
         self.settings = settings
         self.epoch_checkpoints = epoch_checkpoints
         self.command = command
-        if settings.get("deepspeed"):  # before anything expensive is built
-            import importlib.util
-
-            if importlib.util.find_spec("deepspeed") is None:
-                raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
-                                 "`pip install deepspeed`, or drop --deepspeed")
-            from vlcli.errors import NotImplementedYetError
-
-            raise NotImplementedYetError("not yet: --deepspeed (through accelerate) is not part of this version; "
-                                         "drop it to train with DDP")
-        self.reporter = reporter or SilentReporter()
+        _check_deepspeed(settings)
         self.ctx = ctx or dist.setup()
+        self.reporter: Reporter = (reporter or SilentReporter()) if self.ctx.is_main else SilentReporter()
         self.out = Path(settings.get("output"))
         self.tasks: list[str] = list(settings.derived.tasks)
         self.tokenizer = api.build_tokenizer(settings)
+        self._datasets: dict[tuple[str, str, bool, str | None], TaskDataset] = {}
+        for task in self.tasks:  # data first: a missing or empty split fails before any model is built
+            for role in roles:
+                self.dataset(task, splits_for(settings, task)[role], train=role == "train", role=role)
         seed_everything(settings.get("seed"))
         self.model = api.build_model(settings, device=self.ctx.device, tokenizer=self.tokenizer)
         self.module = self.model  # the VLModel (self.model may become a DDP wrapper)
         self.history = History()
-        self._datasets: dict[tuple[str, str, bool], TaskDataset] = {}
-        cuda = self.ctx.device.type == "cuda"
-        self.amp_dtype = torch.float16 if settings.get("fp16") else (
-            torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None)
-        if settings.get("fp16") and not cuda:
-            self.reporter.message("--fp16 ignored on CPU: training in float32")
-            self.amp_dtype = None
+        self.position = Position()
+        self._resume_rng: dict[str, Any] | None = None
+        self._t0 = time.perf_counter()
+        self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        cuda = self.ctx.device.type == "cuda"
+        if self.settings.get("fp16") and not cuda:
+            self.reporter.message("--fp16 ignored on CPU: training in float32")
+            return None
+        if self.settings.get("fp16"):
+            return torch.float16
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+
 
     # ------------------------------------------------------------------------------------ data
 
@@ -252,6 +234,41 @@ class Engine:
                 f"partial load of {path}: {len(report.loaded)} tensors loaded, {len(report.missing)} missing, "
                 f"{len(report.unexpected)} unexpected, {len(report.skipped_shape)} with another shape")
 
+    def _state(self, plan: TrainingPlan) -> dict[str, Any]:
+        """Everything ``--resume`` needs besides the LAST weights."""
+        return {
+            "optimizers": [o.state_dict() for o in plan.optimizers],
+            "schedulers": [s.state_dict() for s in plan.schedulers],
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "position": self.position.to_dict(),
+            "history": self.history.records,
+            "best": self.history.best,
+            "best_epoch": self.history.best_epoch,
+            "rng": rng_state(),
+        }
+
+    def _restore(self, plan: TrainingPlan) -> None:
+        """Weights, optimisers, schedules, scaler, position and RNG from ``LAST`` of the run directory.
+
+        The epoch-start RNG state is restored now, before the epoch's data iterator draws from it; the
+        save point's state after the epoch's consumed batches have been replayed (see :mod:`state`).
+        """
+        state_path = self.out / f"LAST{STATE_SUFFIX}"
+        if not state_path.is_file():
+            raise TrainingError(f"--resume: {state_path} does not exist; there is no interrupted run to resume")
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        self.load_weights(self.out / "LAST.safetensors")
+        for opt, st in zip(plan.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(st)
+        for sch, st in zip(plan.schedulers, state["schedulers"], strict=True):
+            sch.load_state_dict(st)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.position = Position.from_dict(state["position"])
+        self.history = History(state["history"], state["best"], state["best_epoch"])
+        set_rng_state(self.position.rng_epoch_start or state["rng"])
+        self._resume_rng = state["rng"] if self.position.batches_done else None
+
     # ---------------------------------------------------------------------------------- training
 
     def _wrap(self) -> None:
@@ -268,154 +285,168 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
 
+    def _plan(self) -> TrainingPlan:
+        s = self.settings
+        self._wrap()
+        loader = self.train_loader()
+        accumulation, epochs = s.get("gradient_accumulation_steps"), s.get("epochs")
+        optimizers = build_optimizers(self.module, s)
+        steps = total_steps(len(loader), accumulation, epochs)
+        schedulers = [linear_schedule(o, steps, s.get("warmup_ratio")) for o in optimizers]
+        return TrainingPlan(loader, optimizers, schedulers, epochs, accumulation)
+
     def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> History:
         """Train for ``epochs`` with validation, BEST / LAST checkpoints and metrics.jsonl.
 
-        ``resume``: continue from ``LAST`` + ``LAST.state.pt`` in the run directory.
+        ``resume``: continue from ``LAST`` + ``LAST.state.pt`` in the run directory (bit-identical on CPU).
         ``stop_after_steps`` (tests): behave as if Ctrl-C came after that many optimiser steps.
         """
-        s = self.settings
-        self._wrap()
-        train = self.train_loader()
-        accumulation = s.get("gradient_accumulation_steps")
-        epochs = s.get("epochs")
-        steps_total = total_steps(len(train), accumulation, epochs)
-        optimizers = build_optimizers(self.module, s)
-        schedulers = [linear_schedule(o, steps_total, s.get("warmup_ratio")) for o in optimizers]
-        start_epoch, skip_batches, global_step = 0, 0, 0
-        saved_rng = None
+        plan = self._plan()
         if resume:
-            state_path = self.out / f"LAST{STATE_SUFFIX}"
-            if not state_path.is_file():
-                raise TrainingError(f"--resume: {state_path} does not exist; there is no interrupted run to resume")
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
-            self.load_weights(self.out / "LAST.safetensors")
-            for opt, st in zip(optimizers, state["optimizers"], strict=True):
-                opt.load_state_dict(st)
-            for sch, st in zip(schedulers, state["schedulers"], strict=True):
-                sch.load_state_dict(st)
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            start_epoch, skip_batches, global_step = state["epoch"], state["batches_done"], state["global_step"]
-            self.history = History(state["history"], state["best"], state["best_epoch"])
-            saved_rng = state["rng"]
-        elif s.get("dry"):
-            record = {"epoch": -1, **self._evaluate_all("valid")}
-            self.history.records.append(record)
-            self._append_metrics(record)
-
-        clip = s.get("clip_grad_norm")
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        for epoch in range(start_epoch, epochs):
-            train.set_epoch(epoch)
-            for task in self.tasks:
-                train.loaders[task].dataset.reseed(s.get("seed") * 1000 + epoch)
-            self.model.train()
-            n_batches = len(train)
-            self.reporter.epoch_start(epoch, epochs, n_batches)
-            losses: list[float] = []
-            seen, t0 = 0, time.perf_counter()
-            log_accuracy = bool(s.get("log_train_accuracy"))
-            train_correct = train_total = 0
-            batches_done = 0  # batches consumed up to the last optimiser step (the resume position)
-            interrupted = False
-            try:
-                for index, (task, batch) in enumerate(train):
-                    if index < skip_batches:  # replay the data order (and the datasets' draws) of a resumed epoch
-                        continue
-                    if saved_rng is not None:
-                        set_rng_state(saved_rng)
-                        saved_rng = None
-                    batch = to_device(batch, self.ctx.device)
-                    with self._autocast():
-                        out = self.model(**get_task(task).model_inputs(batch))
-                    loss = out.loss
-                    if dist.broadcast_flag(self.ctx, not bool(torch.isfinite(loss.detach()).all())):
-                        raise TrainingError(
-                            f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
-                            "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
-                    if log_accuracy and "labels" in batch:
-                        correct, total = get_task(task).train_accuracy(out.logits, batch)
-                        train_correct += correct
-                        train_total += total
-                    scaled = loss / accumulation
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    losses.append(loss.item())
-                    seen += len(batch["ids"])
-                    window_end = (index + 1) % accumulation == 0 or index + 1 == n_batches
-                    if window_end:
-                        for opt in optimizers:
-                            if self.scaler:
-                                self.scaler.unscale_(opt)
-                        if clip and clip > 0:
-                            torch.nn.utils.clip_grad_norm_(params, clip)
-                        for opt in optimizers:
-                            if self.scaler:
-                                self.scaler.step(opt)
-                            else:
-                                opt.step()
-                            opt.zero_grad(set_to_none=True)
-                        if self.scaler:
-                            self.scaler.update()
-                        for sch in schedulers:
-                            sch.step()
-                        global_step += 1
-                        batches_done = index + 1
-                        elapsed = max(time.perf_counter() - t0, 1e-9)
-                        self.reporter.step(index + 1, losses[-1], schedulers[0].get_last_lr()[0], seen / elapsed)
-                        if stop_after_steps is not None and global_step >= stop_after_steps:
-                            raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                interrupted = True
-            if dist.broadcast_flag(self.ctx, interrupted):
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                self.save("LAST", self._state(optimizers, schedulers, epoch, batches_done, global_step))
-                raise Interrupted(
-                    f"interrupted at epoch {epoch}, batch {batches_done}; saved {self.out / 'LAST.safetensors'} "
-                    f"with its resume state: continue with `vlcli {self.command} ... --output {self.out} --resume`")
-            skip_batches = 0
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None,
-                                      "lr": schedulers[0].get_last_lr()[0], "samples_per_s": seen / max(
-                                          time.perf_counter() - t0, 1e-9)}
-            if log_accuracy and train_total:
-                record["train_accuracy"] = round(100.0 * train_correct / train_total, 2)
-            record.update(self._evaluate_all("valid"))
-            score_now = record.get("score")
-            if score_now is not None and (self.history.best is None or score_now > self.history.best):
-                self.history.best, self.history.best_epoch = score_now, epoch
-                self.save("BEST")
-            self.history.records.append(record)
-            self.save("LAST", self._state(optimizers, schedulers, epoch + 1, 0, global_step))
-            if self.epoch_checkpoints:
-                self.save(f"Epoch{epoch + 1:02d}")
-            self._append_metrics(record)
-            self.reporter.epoch_end(epoch, record)
-        if self.history.best is None:  # no validation score at all: LAST is the best we have
-            self.save("BEST")
+            self._restore(plan)
+        elif self.settings.get("dry"):
+            self._record({"epoch": -1, **self._evaluate_all("valid")})
+        stop = StopRequest()
+        with stop.installed():
+            for epoch in range(self.position.epoch, plan.epochs):
+                self._train_epoch(plan, epoch, stop, stop_after_steps)
+                self._end_epoch(plan, epoch)
+                self._stop_if_requested(stop, plan, saved=True)
+        if self.history.best is None:
+            self.save("BEST")  # no validation score at all: LAST is the best we have
         dist.barrier(self.ctx)
         return self.history
 
-    def _state(self, optimizers, schedulers, epoch: int, batches_done: int, global_step: int) -> dict[str, Any]:
-        return {
-            "optimizers": [o.state_dict() for o in optimizers],
-            "schedulers": [s.state_dict() for s in schedulers],
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "global_step": global_step,
-            "history": self.history.records,
-            "best": self.history.best,
-            "best_epoch": self.history.best_epoch,
-            "rng": rng_state(),
-        }
+    def _train_epoch(self, plan: TrainingPlan, epoch: int, stop: StopRequest, stop_after: int | None) -> None:
+        """One epoch of optimiser steps; a stop request ends it at a step boundary with LAST saved."""
+        pos, loader = self.position, plan.loader
+        loader.set_epoch(epoch)
+        for task in self.tasks:
+            loader.loaders[task].dataset.reseed(self.settings.get("seed") * 1000 + epoch)
+        self.model.train()
+        n_batches, skip = len(loader), pos.batches_done
+        self.reporter.epoch_start(epoch, plan.epochs, n_batches)
+        if not skip:
+            pos.rng_epoch_start, pos.tally = rng_state(), EpochTally()
+        tally, t0 = copy.deepcopy(pos.tally), time.perf_counter()
+        for index, (task, batch) in enumerate(loader):
+            if index < skip:  # replay the data order (and the datasets' draws) of a resumed epoch
+                if index == skip - 1 and self._resume_rng is not None:
+                    set_rng_state(self._resume_rng)  # the RNG as it was right after the last saved step
+                    self._resume_rng = None
+                continue
+            window_end = (index + 1) % plan.accumulation == 0 or index + 1 == n_batches
+            self._step(plan, epoch, index, task, batch, window_end, tally)
+            if not window_end:
+                continue
+            pos.global_step += 1
+            pos.batches_done = index + 1
+            tally.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pos.tally = copy.deepcopy(tally)  # what a resume from here continues with
+            self.reporter.step(index + 1, tally.loss_sum / max(tally.loss_count, 1),
+                               plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9))
+            kill_point(f"step:{pos.global_step}")
+            if stop_after is not None and pos.global_step >= stop_after:
+                stop.request()
+            self._stop_if_requested(stop, plan, saved=False)
 
-    def _append_metrics(self, record: dict[str, Any]) -> None:
-        if not self.ctx.is_main:
+    def _step(self, plan: TrainingPlan, epoch: int, index: int, task: str, batch: dict[str, Any],
+              window_end: bool, tally: EpochTally) -> None:
+        """Forward and backward of one batch; at the end of an accumulation window, the optimiser step."""
+        batch = to_device(batch, self.ctx.device)
+        sync = window_end or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+        with (nullcontext() if sync else self.model.no_sync()):
+            with self._autocast():
+                out = self.model(**get_task(task).model_inputs(batch))
+            loss = out.loss
+            if dist.broadcast_flag(self.ctx, not bool(torch.isfinite(loss.detach()).all())):
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
+                    "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
+            if self.settings.get("log_train_accuracy") and "labels" in batch:
+                correct, total = get_task(task).train_accuracy(out.logits, batch)
+                tally.correct += correct
+                tally.total += total
+            scaled = loss / plan.accumulation
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        tally.loss_sum += loss.item()
+        tally.loss_count += 1
+        tally.seen += len(batch["ids"])
+        if window_end:
+            self._optimizer_step(plan)
+
+    def _optimizer_step(self, plan: TrainingPlan) -> None:
+        clip = self.settings.get("clip_grad_norm")
+        if self.scaler:
+            for opt in plan.optimizers:
+                self.scaler.unscale_(opt)
+        if clip and clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], clip)
+        for opt in plan.optimizers:
+            self.scaler.step(opt) if self.scaler else opt.step()
+            opt.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.update()
+        for sch in plan.schedulers:
+            sch.step()
+
+    def _stop_if_requested(self, stop: StopRequest, plan: TrainingPlan, saved: bool) -> None:
+        """Ctrl-C / SIGTERM on any rank: save LAST with its resume state (unless just saved), then stop."""
+        if not dist.broadcast_flag(self.ctx, stop.requested):
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        with (self.out / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        if not saved:
+            for opt in plan.optimizers:
+                opt.zero_grad(set_to_none=True)
+            self.save("LAST", self._state(plan))
+        pos = self.position
+        raise Interrupted(
+            f"interrupted at epoch {pos.epoch}, batch {pos.batches_done}; saved {self.out / 'LAST.safetensors'} "
+            f"with its resume state: continue with `vlcli {self.command} --output {self.out} --resume`",
+            exit_code=stop.exit_code)
+
+    def _end_epoch(self, plan: TrainingPlan, epoch: int) -> None:
+        """Validation, BEST / LAST (/ EpochNN) checkpoints and the epoch's record."""
+        tally = self._reduce(self.position.tally)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": tally.mean_loss(),
+                                  "lr": plan.schedulers[0].get_last_lr()[0],
+                                  "samples_per_s": tally.seen / max(tally.seconds, 1e-9), "epoch_s": tally.seconds}
+        if self.settings.get("log_train_accuracy") and tally.total:
+            record["train_accuracy"] = round(100.0 * tally.correct / tally.total, 2)
+        record.update(self._evaluate_all("valid"))
+        score_now = record.get("score")
+        if score_now is not None and (self.history.best is None or score_now > self.history.best):
+            self.history.best, self.history.best_epoch = score_now, epoch
+            self.save("BEST")
+            kill_point(f"best:{epoch}")
+        self.position.elapsed_s += tally.seconds
+        self._record(record)
+        self.position = Position(epoch + 1, 0, self.position.global_step, EpochTally(), self.position.elapsed_s,
+                                 rng_epoch_start=rng_state())
+        self.save("LAST", self._state(plan))
+        kill_point(f"last:{epoch}")
+        if self.epoch_checkpoints:
+            self.save(f"Epoch{epoch + 1:02d}")
+        self.reporter.epoch_end(epoch, record)
+
+    def _reduce(self, tally: EpochTally) -> EpochTally:
+        """The epoch's tally over every rank: losses averaged over all batches, samples summed."""
+        if not self.ctx.distributed:
+            return tally
+        t = torch.tensor([tally.loss_sum, tally.loss_count, tally.seen, tally.correct, tally.total],
+                         dtype=torch.float64, device=self.ctx.device)
+        torch.distributed.all_reduce(t)
+        return EpochTally(float(t[0]), int(t[1]), int(t[2]), tally.seconds, int(t[3]), int(t[4]))
+
+    def _record(self, record: dict[str, Any]) -> None:
+        """Add a record to the history (with its time) and rewrite metrics.jsonl to match it (rank 0)."""
+        record["time"] = now_iso()
+        record["elapsed_s"] = round(self.position.elapsed_s, 3)
+        self.history.records.append(record)
+        if self.ctx.is_main:
+            lines = "".join(json.dumps(r, default=str) + "\n" for r in self.history.records)
+            atomic_write(self.out / "metrics.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+
 
     # -------------------------------------------------------------------------------- evaluation
 
@@ -460,46 +491,31 @@ class Engine:
             atomic_json(self.out / "test_metrics.json", result)
         return result
 
-    def submit(self) -> dict[str, tuple[Path, int]]:
-        """Leaderboard files of every task's submission split (coverage-checked); rank 0 writes."""
+    def submit(self, paths: dict[str, Path] | None = None) -> dict[str, tuple[Path, int]]:
+        """Leaderboard files of every task's submission split (coverage-checked); rank 0 writes.
+
+        ``paths``: where each task's file goes (default ``OUTPUT/<task>_<official name>``)."""
         written: dict[str, tuple[Path, int]] = {}
         for task in self.tasks:
             split = splits_for(self.settings, task)["submit"]
             predictions, ds = self.predict(task, split, "submit")
             if self.ctx.is_main:
                 impl = get_task(task)
-                path = self.out / f"{task}_{impl.submission_file}"
+                path = (paths or {}).get(task) or self.out / f"{task}_{impl.submission_file}"
                 written[task] = (path, impl.write_submission(predictions, ds, path))
         return written
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> bool:
-    """``curves.png``: train loss, learning rate and the validation metrics per epoch; False if nothing to plot."""
-    rows = [r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] >= 0]
-    if not rows:
-        return False
-    import matplotlib
+def _check_deepspeed(settings: Any) -> None:
+    """--deepspeed is refused before anything expensive is built."""
+    if not settings.get("deepspeed"):
+        return
+    import importlib.util
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if importlib.util.find_spec("deepspeed") is None:
+        raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
+                         "`pip install deepspeed`, or drop --deepspeed")
+    from vlcli.errors import NotImplementedYetError
 
-    epochs = [r["epoch"] + 1 for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    axes[0].plot(epochs, [r.get("train_loss") or math.nan for r in rows], marker="o")
-    axes[0].set_title("train loss")
-    axes[1].plot(epochs, [r.get("lr") or math.nan for r in rows], marker="o")
-    axes[1].set_title("learning rate (end of epoch)")
-    for key in sorted({k for r in rows for k in r if k.startswith("valid/")}):
-        metric_values = [r.get(key, {}) for r in rows]
-        for name in sorted({m for mv in metric_values for m in mv}):
-            axes[2].plot(epochs, [mv.get(name, math.nan) for mv in metric_values], marker="o",
-                         label=f"{key[6:]} {name}")
-    axes[2].set_title("validation")
-    if axes[2].lines:
-        axes[2].legend(fontsize=7)
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-    return True
+    raise NotImplementedYetError("--deepspeed (through accelerate) is not part of this version; "
+                                 "drop it to train with DDP")
