@@ -129,13 +129,16 @@ def test_torchrun_two_cpu_processes_count_each_example_once(world, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "vlcli", "finetune", "vqa", *common(world, "t5"), "--batch_size", "3", "--epochs", "1",
-           "--use_adapter", "--output", str(run)]
+           "--use_adapter", "--gradient_accumulation_steps", "2", "--output", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     preds = json.loads((run / "vqa_karpathy_test_predictions.json").read_text())
     ids = [p["id"] for p in preds]
     assert sorted(ids) == [2000, 2001, 2002, 2003]  # 4 test questions over 2 ranks (one padded): each once
-    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if line]) == 1  # rank 0 alone
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(lines) == 1  # rank 0 alone writes
+    assert lines[0]["train_samples"] == 12  # summed over both ranks (6 each)
+    assert proc.stderr.count("epoch 1:") == 1  # rank 0 alone reports
 
 
 def test_selection_score_follows_best_metric():

@@ -13,6 +13,7 @@ from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, s
 from vlcli.cli.convert import convert
 from vlcli.cli.demo import demo_data
 from vlcli.cli.inspect_config import inspect_config
+from vlcli.cli.runs import runs
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
 
 app = typer.Typer(
@@ -48,8 +49,10 @@ app.command("eval")(evaluate)
 app.command("submit")(submit)
 app.command("convert")(convert)
 app.command("demo-data")(demo_data)
+app.command("runs")(runs)
 
-COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert", "demo-data")
+COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert", "demo-data",
+                 "runs")
 
 
 def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:

@@ -116,6 +116,8 @@ class RunSession:
             self.finished = _finished(self.out, settings.get("epochs"), needs_test)
         self.lock = rundir.RunLock(self.out, command)
         self.created = False
+        self.started = False
+        self.is_main = True
 
     def _check_changes(self) -> dict[str, Any]:
         from vlcli.errors import ConfigError, Issue
@@ -148,19 +150,31 @@ class RunSession:
             raise VlcliError(f"--output {self.out}: not visible from every process (rank {ctx.rank} on its node); "
                              "a multi-node run needs an --output on a file system all nodes share")
 
-    def start(self, ctx: Any) -> None:
+    def start(self, ctx: Any, parameters: dict[str, Any]) -> None:
         """Record the start: config.json for a new run, a ``resumes`` entry when continuing one."""
         from vlcli.train import rundir
 
+        self.is_main = ctx.is_main
         if not ctx.is_main:
             return
         if self.plan.mode == "overwrite":
             rundir.clear_run(self.out)
         if self.plan.mode in ("new", "overwrite") or rundir.read_config(self.out) is None:
-            extra = {"load": str(self.settings.derived.load_path)} if self.settings.derived.load_path else {}
+            extra: dict[str, Any] = {"parameters": parameters}
+            if self.settings.derived.load_path:
+                extra["load"] = str(self.settings.derived.load_path)
             rundir.write_config(self.out, self.settings, self.command, extra)
         else:
             rundir.append_resume(self.out, {"mode": self.plan.mode, "changed": self.allowed}, self.command)
+        self.started = True
+        rundir.write_status(self.out, "running")
+
+    def set_status(self, status: str, message: str = "") -> None:
+        """Record how the run ended (rank 0, once it started)."""
+        from vlcli.train import rundir
+
+        if self.started and self.is_main:
+            rundir.write_status(self.out, status, message)
 
     def release(self) -> None:
         from vlcli.train import rundir
@@ -189,8 +203,9 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
     Yields (engine, history) with the run directory still locked (for testing and submission files).
     """
     from vlcli.data.preflight import preflight
+    from vlcli.model.params import count_parameters
     from vlcli.train import dist
-    from vlcli.train.engine import Engine
+    from vlcli.train.engine import Engine, Interrupted
 
     settings = session.settings
     if needed is not None:
@@ -203,9 +218,17 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
         resume = session.plan.mode == "resume"
         if settings.derived.load_path and not resume:
             engine.load_weights(settings.derived.load_path)
-        session.start(ctx)
+        counts = count_parameters(engine.module)
+        session.start(ctx, {k: counts[k] for k in ("total", "trainable", "percent")})
         history = engine.fit(resume=resume)
         yield engine, history
+        session.set_status("finished")
+    except Interrupted:
+        session.set_status("interrupted")
+        raise
+    except BaseException as exc:
+        session.set_status("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
     finally:
         session.release()
 

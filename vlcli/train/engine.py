@@ -39,7 +39,15 @@ from vlcli.train.optim import build_optimizers, linear_schedule, total_steps
 from vlcli.train.report import Reporter, SilentReporter, plot_curves
 from vlcli.train.rundir import now_iso
 from vlcli.train.scoring import score, selection_score
-from vlcli.train.state import EpochTally, Position, StopRequest, kill_point, rng_state, seed_everything, set_rng_state
+from vlcli.train.state import (
+    EpochTally,
+    Position,
+    StopRequest,
+    kill_point,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 STATE_SUFFIX = ".state.pt"
 ROLES = ("train", "valid", "test", "submit")
@@ -410,7 +418,8 @@ class Engine:
         tally = self._reduce(self.position.tally)
         record: dict[str, Any] = {"epoch": epoch, "train_loss": tally.mean_loss(),
                                   "lr": plan.schedulers[0].get_last_lr()[0],
-                                  "samples_per_s": tally.seen / max(tally.seconds, 1e-9), "epoch_s": tally.seconds}
+                                  "train_samples": tally.seen, "samples_per_s": tally.seen / max(tally.seconds, 1e-9),
+                                  "epoch_s": tally.seconds}
         if self.settings.get("log_train_accuracy") and tally.total:
             record["train_accuracy"] = round(100.0 * tally.correct / tally.total, 2)
         record.update(self._evaluate_all("valid"))

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlcli.errors import VlcliError
 from vlcli.model.params import is_layer_norm
 
 VISUAL_ENCODER_PREFIX = "visual_encoder."
@@ -48,7 +49,7 @@ def build_optimizers(model: nn.Module, settings: Any) -> list[torch.optim.Optimi
     s = settings.get
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError("no parameter is trainable")
+        raise VlcliError("no parameter is trainable: choose a method (--adapter ...) or --unfreeze_language_model")
     no_decay = no_decay_names(model)
     visual = [(n, p) for n, p in trainable if n.startswith(VISUAL_ENCODER_PREFIX)]
     main = trainable
@@ -85,12 +86,10 @@ def total_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``int(total · warmup_ratio)`` steps, then linear decay to 0 at ``total``."""
-    warmup = int(total * warmup_ratio)
+    """Linear warm-up over ``int(total · warmup_ratio)`` steps, then linear decay to 0 at ``total``.
 
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return step / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+    ``transformers.get_scheduler("linear")``: the same factors as the original's schedule (tested).
+    """
+    from transformers import get_scheduler
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler("linear", optimizer, num_warmup_steps=int(total * warmup_ratio), num_training_steps=total)

@@ -31,6 +31,7 @@ from vlcli.config.resolve import EXPLICIT_KEY, META_KEYS, RESUMES_KEY, RUN_KEY
 from vlcli.errors import VlcliError
 
 CONFIG = "config.json"
+STATUS = "status.json"
 LOCK = "run.lock"
 STATE = "LAST.state.pt"
 
@@ -41,7 +42,7 @@ NOT_COMPARED = frozenset({"load", "from_scratch", "test_only", "dry", "submit", 
 """How a run was started, not what it is: never compared on ``--resume``."""
 
 # Files a run writes; ``--overwrite`` removes these and nothing else the folder may hold.
-RUN_FILE_PATTERNS = ("config.json", "metrics.jsonl", "curves.png", "*.safetensors", "*.state.pt", "BEST.json",
+RUN_FILE_PATTERNS = ("config.json", "status.json", "metrics.jsonl", "curves.png", "*.safetensors", "*.state.pt", "BEST.json",
                      "LAST.json", "Epoch[0-9][0-9].json", "test_metrics.json", "eval_metrics.json",
                      "*_predictions.json", "*_submit.json", "*_submit.csv", "*submission*", "*.tmp")
 RUN_MARKERS = (CONFIG, "LAST.safetensors", "BEST.safetensors", STATE)
@@ -136,6 +137,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def lock_is_live(owner: dict[str, Any]) -> bool:
+    """Whether the process that wrote a lock still runs (a lock from another host counts as live)."""
+    try:
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return host != socket.gethostname() or (pid > 0 and _alive(pid))
 
 
 class RunLock:
@@ -253,6 +263,11 @@ def append_resume(out: Path, entry: dict[str, Any], command: str) -> None:
         return
     data.setdefault(RESUMES_KEY, []).append({**provenance(command), **entry})
     write_json(out / CONFIG, data, indent=1)
+
+
+def write_status(out: Path, status: str, message: str = "") -> None:
+    """``status.json``: running / finished / interrupted / failed, with the time (and the error of a failure)."""
+    write_json(out / STATUS, {"status": status, "time": now_iso(), "message": message}, indent=1)
 
 
 def resume_changes(run_values: dict[str, Any], values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -127,9 +127,13 @@ class StopRequest:
 
 KILL_AT_ENV = "VLCLI_KILL_AT"
 """Crash testing: the process SIGKILLs itself at the named point (``step:N``, ``best:E``, ``last:E``)."""
+INTERRUPT_AT_ENV = "VLCLI_INTERRUPT_AT"
+"""Interruption testing: the process sends itself SIGINT (a Ctrl-C) at the named point."""
 
 
 def kill_point(name: str) -> None:
-    """Die here, as a power cut or the OOM killer would, when ``$VLCLI_KILL_AT`` names this point."""
+    """Die here (as a power cut or the OOM killer would) or get a Ctrl-C, when the environment names this point."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(INTERRUPT_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGINT)
