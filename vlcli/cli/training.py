@@ -36,7 +36,7 @@ class RichReporter:
         self.progress.start()
         self.task_id = self.progress.add_task("train", total=steps, loss=0.0, lr=0.0, rate=0.0)
 
-    def step(self, done: int, loss: float, lr: float, samples_per_s: float) -> None:
+    def step(self, done: int, loss: float, lr: float, samples_per_s: float, global_step: int = 0) -> None:
         if self.progress is not None:
             self.progress.update(self.task_id, completed=done, loss=loss, lr=lr, rate=samples_per_s)
 
@@ -206,12 +206,15 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
     from vlcli.model.params import count_parameters
     from vlcli.train import dist
     from vlcli.train.engine import Engine, Interrupted
+    from vlcli.train.tracking import FanOut, build_trackers, parse_report_to
 
     settings = session.settings
+    parse_report_to(settings.get("report_to"))  # an unknown tracker or a missing package: before any work
     if needed is not None:
         preflight(settings, needed)
     ctx = dist.setup()
     session.claim(ctx)
+    trackers: list[Any] = []
     try:
         engine = Engine(settings, RichReporter(), ctx=ctx, command=session.command, roles=("train", "valid"),
                         **engine_kw)
@@ -220,6 +223,11 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
             engine.load_weights(settings.derived.load_path)
         counts = count_parameters(engine.module)
         session.start(ctx, {k: counts[k] for k in ("total", "trainable", "percent")})
+        if ctx.is_main:
+            trackers = build_trackers(settings, session.out)
+            for tracker in trackers:
+                tracker.start(settings.flat(mode="json"), counts)
+            engine.reporter = FanOut(engine.reporter, *trackers)
         history = engine.fit(resume=resume)
         yield engine, history
         session.set_status("finished")
@@ -230,6 +238,8 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
         session.set_status("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise
     finally:
+        for tracker in trackers:
+            tracker.finish()
         session.release()
 
 

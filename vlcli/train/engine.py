@@ -353,7 +353,8 @@ class Engine:
             t0 = time.perf_counter()
             pos.tally = copy.deepcopy(tally)  # what a resume from here continues with
             self.reporter.step(index + 1, tally.loss_sum / max(tally.loss_count, 1),
-                               plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9))
+                               plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9),
+                               global_step=pos.global_step)
             kill_point(f"step:{pos.global_step}")
             if stop_after is not None and pos.global_step >= stop_after:
                 stop.request()
