@@ -24,7 +24,7 @@ def test_tensorboard_events_hold_loss_lr_metrics_and_config(cli, world, tmp_path
     pytest.importorskip("tensorboard", reason="the tracking extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    res = cli(*finetune(world, tmp_path / "run", "--report_to", "tensorboard", "--run_name", "tb-test"))
+    res = cli(*finetune(world, tmp_path / "run", "--report_to", "tensorboard", "--run_name", "tb-test", "--sync_every", "1"))
     assert res.code == 0, res.err
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "tb-test"))
     acc.Reload()

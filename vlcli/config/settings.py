@@ -53,6 +53,8 @@ class TrainSettings(Section):
     from_scratch: Bool = F(False, "Randomly re-initialise the backbone instead of using pretrained weights.")
     run_name: str = F("", "Run name for logs and trackers; empty = automatic from the output folder, date and comment.")
     report_to: str = F("none", "Experiment tracking: none, tensorboard, wandb (comma-separated for several); rank 0 only.")
+    sync_every: int = F(20, "Optimiser steps between host syncs (non-finite-loss check, loss logging); a NaN loses at most this many steps.")
+    compile: Bool = F(False, "torch.compile the model for training (falls back to eager with a warning where it fails).")
     comment: str = F("", "Free text appended to the automatic run name.")
     batch_size: int = F(256, "Training batch size per process (multitask derives per-task sizes from it).")
     valid_batch_size: OptInt = F(None, "Evaluation batch size; none = batch_size.")

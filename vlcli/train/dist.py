@@ -77,3 +77,12 @@ def broadcast_flag(ctx: Context, flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def any_flags(ctx: Context, flags: list[bool]) -> list[bool]:
+    """Each flag true on every rank when it is true on any rank (one collective for several flags)."""
+    if not ctx.distributed:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(x) for x in t.tolist()]

@@ -144,6 +144,33 @@ class TrainingPlan:
     accumulation: int
 
 
+class DeviceTally:
+    """The epoch's loss sum and first non-finite batch, kept on the device between host syncs.
+
+    The sum is float64 and accumulated in batch order, so a resumed epoch (which starts from the saved
+    float) adds exactly what the uninterrupted one did.
+    """
+
+    def __init__(self, loss_sum: torch.Tensor, first_bad: torch.Tensor):
+        self._sum, self._bad = loss_sum, first_bad
+
+    @classmethod
+    def start(cls, tally: EpochTally, device: torch.device) -> DeviceTally:
+        return cls(torch.tensor(tally.loss_sum, dtype=torch.float64, device=device),
+                   torch.tensor(-1, dtype=torch.int64, device=device))
+
+    def add(self, loss: torch.Tensor, index: int) -> None:
+        self._sum += loss.to(torch.float64)
+        self._bad = torch.where((self._bad < 0) & ~torch.isfinite(loss), torch.full_like(self._bad, index), self._bad)
+
+    def loss_sum(self) -> float:
+        return float(self._sum.item())
+
+    def first_bad_index(self) -> int | None:
+        value = int(self._bad.item())
+        return value if value >= 0 else None
+
+
 class Engine:
     """Builds tokenizer, data, model and optimiser from validated settings; trains, evaluates, predicts."""
 
@@ -171,6 +198,7 @@ class Engine:
         self.history = History()
         self.position = Position()
         self._resume_rng: dict[str, Any] | None = None
+        self._compiled = False
         self._t0 = time.perf_counter()
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -296,6 +324,9 @@ class Engine:
     def _plan(self) -> TrainingPlan:
         s = self.settings
         self._wrap()
+        if s.get("compile") and not self._compiled:
+            self.model = torch.compile(self.model)
+            self._compiled = True
         loader = self.train_loader()
         accumulation, epochs = s.get("gradient_accumulation_steps"), s.get("epochs")
         optimizers = build_optimizers(self.module, s)
@@ -326,7 +357,11 @@ class Engine:
         return self.history
 
     def _train_epoch(self, plan: TrainingPlan, epoch: int, stop: StopRequest, stop_after: int | None) -> None:
-        """One epoch of optimiser steps; a stop request ends it at a step boundary with LAST saved."""
+        """One epoch of optimiser steps; a stop request ends it at a step boundary with LAST saved.
+
+        The host waits for the device only every ``sync_every`` optimiser steps (and at the epoch end):
+        the loss sum and the non-finite check stay on the device in between.
+        """
         pos, loader = self.position, plan.loader
         loader.set_epoch(epoch)
         for task in self.tasks:
@@ -336,7 +371,9 @@ class Engine:
         self.reporter.epoch_start(epoch, plan.epochs, n_batches)
         if not skip:
             pos.rng_epoch_start, pos.tally = rng_state(), EpochTally()
-        tally, t0 = copy.deepcopy(pos.tally), time.perf_counter()
+        tally = copy.deepcopy(pos.tally)
+        device = DeviceTally.start(tally, self.ctx.device)
+        t0 = time.perf_counter()
         for index, (task, batch) in enumerate(loader):
             if index < skip:  # replay the data order (and the datasets' draws) of a resumed epoch
                 if index == skip - 1 and self._resume_rng is not None:
@@ -344,46 +381,76 @@ class Engine:
                     self._resume_rng = None
                 continue
             window_end = (index + 1) % plan.accumulation == 0 or index + 1 == n_batches
-            self._step(plan, epoch, index, task, batch, window_end, tally)
+            self._step(plan, index, task, batch, window_end, tally, device)
             if not window_end:
                 continue
             pos.global_step += 1
             pos.batches_done = index + 1
-            tally.seconds += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            pos.tally = copy.deepcopy(tally)  # what a resume from here continues with
-            self.reporter.step(index + 1, tally.loss_sum / max(tally.loss_count, 1),
-                               plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9),
-                               global_step=pos.global_step)
             kill_point(f"step:{pos.global_step}")
             if stop_after is not None and pos.global_step >= stop_after:
                 stop.request()
+            due = pos.global_step % self.settings.get("sync_every") == 0 or index + 1 == n_batches
+            if due or (stop.requested and not self.ctx.distributed):
+                tally.seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._sync(plan, epoch, tally, device, stop)
+
+    def _sync(self, plan: TrainingPlan, epoch: int, tally: EpochTally, device: DeviceTally, stop: StopRequest) -> None:
+        """Wait for the device: non-finite losses stop the run, the tally becomes the resume point, progress
+        is reported, and a stop request (on any rank) saves LAST and ends the run."""
+        bad, stopping = dist.any_flags(self.ctx, [device.first_bad_index() is not None, stop.requested])
+        if bad:
+            where = device.first_bad_index()
+            raise TrainingError(
+                f"non-finite loss at epoch {epoch}" + (f" batch {where}" if where is not None else " (another rank)")
+                + f" (checked every {self.settings.get('sync_every')} steps, --sync_every); stopped, the last good "
+                "checkpoint is kept (try a lower --lr or --clip_grad_norm)")
+        tally.loss_sum = device.loss_sum()
+        self.position.tally = copy.deepcopy(tally)  # what a resume from here continues with
+        pos = self.position
+        self.reporter.step(pos.batches_done, tally.loss_sum / max(tally.loss_count, 1),
+                           plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9),
+                           global_step=pos.global_step)
+        if stopping:
+            stop.request()
             self._stop_if_requested(stop, plan, saved=False)
 
-    def _step(self, plan: TrainingPlan, epoch: int, index: int, task: str, batch: dict[str, Any],
-              window_end: bool, tally: EpochTally) -> None:
+    def _step(self, plan: TrainingPlan, index: int, task: str, batch: dict[str, Any], window_end: bool,
+              tally: EpochTally, device: DeviceTally) -> None:
         """Forward and backward of one batch; at the end of an accumulation window, the optimiser step."""
         batch = to_device(batch, self.ctx.device)
         sync = window_end or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         with (nullcontext() if sync else self.model.no_sync()):
             with self._autocast():
-                out = self.model(**get_task(task).model_inputs(batch))
+                out = self._forward(task, batch)
             loss = out.loss
-            if dist.broadcast_flag(self.ctx, not bool(torch.isfinite(loss.detach()).all())):
-                raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch} step {index} on task {task}; "
-                    "stopped, the last good checkpoint is kept (try a lower --lr or --clip_grad_norm)")
+            device.add(loss.detach(), index)
             if self.settings.get("log_train_accuracy") and "labels" in batch:
                 correct, total = get_task(task).train_accuracy(out.logits, batch)
                 tally.correct += correct
                 tally.total += total
             scaled = loss / plan.accumulation
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        tally.loss_sum += loss.item()
         tally.loss_count += 1
         tally.seen += len(batch["ids"])
         if window_end:
             self._optimizer_step(plan)
+
+    def _forward(self, task: str, batch: dict[str, Any]) -> Any:
+        """The model's forward (loss inside, so DDP hooks run); a compiled model that fails falls back to eager."""
+        inputs = get_task(task).model_inputs(batch)
+        if not self._compiled:
+            return self.model(**inputs)
+        try:
+            return self.model(**inputs)
+        except VlcliError:
+            raise
+        except Exception as exc:  # torch.compile cannot handle this model / platform: warn once, go on eagerly
+            self.reporter.message(f"--compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                                  "training without torch.compile")
+            self.model = self.model._orig_mod  # type: ignore[attr-defined]
+            self._compiled = False
+            return self.model(**inputs)
 
     def _optimizer_step(self, plan: TrainingPlan) -> None:
         clip = self.settings.get("clip_grad_norm")

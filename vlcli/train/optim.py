@@ -65,10 +65,11 @@ def build_optimizers(model: nn.Module, settings: Any) -> list[torch.optim.Optimi
     groups = _groups(main, no_decay, s("weight_decay"))
     lr, betas, eps = s("lr"), (s("adam_beta1"), s("adam_beta2")), s("adam_eps")
     kind = s("optim")
+    fused = _fused(main)
     if kind == "adamw":
-        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fused)
     elif kind == "adam":
-        opt = torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps)
+        opt = torch.optim.Adam(groups, lr=lr, betas=betas, eps=eps, **fused)
     elif kind == "adamax":
         opt = torch.optim.Adamax(groups, lr=lr, betas=betas, eps=eps)
     elif kind == "rms":
@@ -78,6 +79,12 @@ def build_optimizers(model: nn.Module, settings: Any) -> list[torch.optim.Optimi
     else:  # rule R37 rejects anything else before we get here
         raise ValueError(f"unknown optimiser {kind!r}")
     return [opt, *optimizers]
+
+
+def _fused(params: list[tuple[str, nn.Parameter]]) -> dict[str, bool]:
+    """``fused=True`` (one kernel for the whole update) when every parameter is a float CUDA tensor."""
+    on_cuda = bool(params) and all(p.is_cuda and p.is_floating_point() for _, p in params)
+    return {"fused": True} if on_cuda else {}
 
 
 def total_steps(batches_per_epoch: int, accumulation: int, epochs: int) -> int:

@@ -1,0 +1,107 @@
+"""The training loop's host syncs: the non-finite check every --sync_every steps, --compile's fallback."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import make_backbone_dir
+from tests.world import FEATURE_TYPE, make_world
+from vlcli import api
+from vlcli.train.engine import Engine, TrainingError
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    return {"data": make_world(root / "datasets", n_train=24), "t5": make_backbone_dir(root / "t5", "t5")}
+
+
+def settings(world, out, data=None, **extra):
+    values = dict(task="vqa", backbone=str(world["t5"]), data_root=str(data or world["data"]),
+                  feature_type=FEATURE_TYPE, batch_size=4, use_adapter=True, reduction_factor=4, lr=3e-3,
+                  epochs=2, output=str(out))
+    values.update(extra)
+    return api.load_settings(**values)
+
+
+def poison(world, tmp_path, image: str) -> object:
+    data = tmp_path / "datasets"
+    shutil.copytree(world["data"], data)
+    with h5py.File(data / f"COCO/clip_features/data_clip_RN50_att/{image}.h5", "r+") as f:
+        f["features"][:] = np.nan
+    return data
+
+
+def test_a_nan_stops_within_sync_every_steps_and_keeps_the_last_good_checkpoint(world, tmp_path, monkeypatch):
+    """6 batches per epoch; the run stops at the first sync after the poisoned batch."""
+    data = poison(world, tmp_path, "COCO_train2014_000000000001")
+    steps: list[int] = []
+    import vlcli.train.engine as engine_mod
+
+    real = engine_mod.Engine._optimizer_step
+
+    def counting(self, plan):
+        steps.append(1)
+        return real(self, plan)
+
+    monkeypatch.setattr(engine_mod.Engine, "_optimizer_step", counting)
+    engine = Engine(settings(world, tmp_path / "run", data, sync_every=2))
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch 0 batch \d+.*--sync_every") as err:
+        engine.fit()
+    import re
+
+    bad_batch = int(re.search(r"batch (\d+)", str(err.value)).group(1))
+    # batch b is optimiser step b + 1; the next sync (every 2 steps) comes at most one step later
+    assert bad_batch + 1 <= len(steps) <= bad_batch + 2
+    assert not (tmp_path / "run" / "LAST.safetensors").exists()
+
+
+def test_a_nan_after_an_epoch_keeps_that_epochs_last_intact(world, tmp_path):
+    good = settings(world, tmp_path / "run", epochs=1)
+    Engine(good).fit()
+    before = (tmp_path / "run" / "LAST.safetensors").read_bytes()
+    data = poison(world, tmp_path, "COCO_train2014_000000000001")
+    resumed = settings(world, tmp_path / "run", data, epochs=2, sync_every=3)
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1"):
+        Engine(resumed).fit(resume=True)
+    assert (tmp_path / "run" / "LAST.safetensors").read_bytes() == before
+
+
+def test_sync_every_does_not_change_the_numbers(world, tmp_path):
+    Engine(settings(world, tmp_path / "a", sync_every=1)).fit()
+    Engine(settings(world, tmp_path / "b", sync_every=50)).fit()
+    a, b = load_file(str(tmp_path / "a" / "LAST.safetensors")), load_file(str(tmp_path / "b" / "LAST.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compile_that_fails_falls_back_to_eager_with_a_warning(world, tmp_path, monkeypatch):
+    """torch.compile raising at the first call (an unsupported platform) is reported once; training goes on."""
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self._orig_mod = model
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("inductor: no C++ compiler")
+
+    messages: list[str] = []
+
+    class Collect:
+        def __getattr__(self, name):
+            return (lambda text: messages.append(text)) if name == "message" else (lambda *a, **k: None)
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Broken(model))
+    Engine(settings(world, tmp_path / "compiled", compile=True), reporter=Collect()).fit()
+    Engine(settings(world, tmp_path / "eager")).fit()
+    assert [m for m in messages if "--compile failed" in m and "no C++ compiler" in m] != []
+    assert len([m for m in messages if "--compile failed" in m]) == 1
+    a = load_file(str(tmp_path / "compiled" / "LAST.safetensors"))
+    b = load_file(str(tmp_path / "eager" / "LAST.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
