@@ -1,0 +1,283 @@
+"""End to end: the real ``Engine.fit`` loop vs the pure model step on the same batches, in one process.
+
+    .venv/bin/python benchmarks/e2e.py --device cpu                                   # tiny model, <= 3 min
+    python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --bf16       # one GPU, full size
+
+Builds a temporary VQA data root (the original layout: ``vqa/karpathy_*.json``, per-image CLIP h5 files of
+49x2048 float16 under ``COCO/clip_features/data_clip_RN50_att/`` and the same features consolidated in one
+h5), a random-init backbone of ``--arch`` (``tiny`` = the tests' size; ``t5-base`` / ``bart-base`` = the
+presets) and a tokenizer trained here whose vocabulary is padded to the real size (no download). Prints:
+
+- ``host batch prep``: samples/s of one loader process building training batches (dataset + collate),
+  per-image and consolidated stores;
+- ``loop/step ratio``: the epoch time of ``Engine.fit`` (default settings) / the time of the pure model step
+  (forward, backward, optimiser) on the same batches collated beforehand; ``data wait`` = the difference
+  per step;
+- ``bare/vlcli``: a bare transformers + LoRA step (peft, inputs_embeds of the same length) vs the vlcli step;
+- ``predict/generate ratio``: ``Engine.predict`` on the validation split / generation alone on the same
+  batches collated beforehand;
+- peak GPU memory on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlcli import api  # noqa: E402
+from vlcli.demo.backbone import train_bart_tokenizer, train_t5_tokenizer  # noqa: E402
+from vlcli.model.presets import architecture_config, model_class, tiny_config  # noqa: E402
+from vlcli.tasks import get_task  # noqa: E402
+from vlcli.train.engine import Engine, to_device  # noqa: E402
+
+COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["cube", "ball", "cone", "ring"]
+REAL_VOCAB = {"t5": 32100, "bart": 50265}
+
+
+def corpus() -> list[str]:
+    return [f"what color is the {s}?" for s in SHAPES] + [f"is the {s} {c}?" for s in SHAPES for c in COLORS] + \
+        [f"a {c} {s}" for c in COLORS for s in SHAPES] + COLORS + SHAPES + ["yes", "no"]
+
+
+def make_tokenizer(family: str, path: Path, full: bool) -> None:
+    """A tokenizer trained on the benchmark's text; with ``full`` its vocabulary is padded to the real size
+    with pieces that never occur (the embedding and LM head then have the real shapes)."""
+    if family == "t5":
+        if not full:
+            train_t5_tokenizer(path, corpus())
+            return
+        import sentencepiece  # noqa: F401  (the trainer needs it)
+        from transformers import T5Tokenizer
+
+        small = train_t5_tokenizer(path / "small", corpus())
+        vocab = [(small.convert_ids_to_tokens(i), -1.0) for i in range(small.sp_model.get_piece_size())]
+        vocab += [(f"\u2581\u3400{i}", -100.0) for i in range(REAL_VOCAB["t5"] - 100 - len(vocab))]
+        vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
+        T5Tokenizer(vocab=vocab, extra_ids=100).save_pretrained(str(path))
+        return
+    tok = train_bart_tokenizer(path, corpus())
+    if full:
+        from transformers import BartTokenizer
+
+        vocab = dict(tok.get_vocab())
+        mask = vocab.pop("<mask>")
+        del mask
+        for i in range(REAL_VOCAB["bart"] - 1 - len(vocab)):
+            vocab[f"\u3400{i}"] = len(vocab)
+        vocab["<mask>"] = len(vocab)
+        merges = [tuple(m.split()) for m in (path / "merges.txt").read_text().splitlines()[1:] if m.strip()]
+        BartTokenizer(vocab=vocab, merges=merges).save_pretrained(str(path))
+
+
+def make_backbone(arch: str, root: Path) -> Path:
+    family = "t5" if "t5" in arch else "bart"
+    path = root / f"backbone-{arch}"
+    make_tokenizer(family, path, full=arch != "tiny" and not arch.startswith("tiny"))
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+    config = tiny_config(family, vocab) if arch.startswith("tiny") else architecture_config(arch)
+    config.vocab_size = vocab
+    torch.manual_seed(0)
+    model_class(family)(config).save_pretrained(str(path))
+    return path
+
+
+def make_data(root: Path, n_train: int, n_valid: int, images: int) -> Path:
+    """VQA questions over ``images`` images with 49x2048 float16 CLIP grids, per-image and consolidated."""
+    from vlcli.data.features import write_consolidated
+
+    rng = np.random.default_rng(0)
+    folder = root / "COCO/clip_features/data_clip_RN50_att"
+    folder.mkdir(parents=True)
+    arrays = {}
+    for split, set_name, n in (("karpathy_train", "train2014", n_train), ("karpathy_val", "val2014", n_valid)):
+        rows = []
+        for k in range(n):
+            image_id = f"COCO_{set_name}_{k % images:012d}"
+            if image_id not in arrays:
+                feats = rng.normal(0, 1, (49, 2048)).astype(np.float16)
+                with h5py.File(folder / f"{image_id}.h5", "w") as f:
+                    f.create_dataset("features", data=feats)
+                arrays[image_id] = feats
+            color, shape = COLORS[k % len(COLORS)], SHAPES[(k // 3) % len(SHAPES)]
+            rows.append({"img_id": image_id, "sent": f"what color is the {shape}?", "question_id": k,
+                         "label": {color: 1.0}, "answer_type": "other", "question_type": "what color",
+                         "answers": [{"answer": color, "answer_id": j + 1} for j in range(10)]})
+        (root / "vqa").mkdir(exist_ok=True)
+        (root / "vqa" / f"{split}.json").write_text(json.dumps(rows))
+    write_consolidated(root / "COCO/clip_features/data_clip_RN50_att.h5", arrays.items())
+    return root
+
+
+def settings_for(args, backbone: Path, data: Path, out: Path, **extra):
+    values = dict(task="vqa", backbone=str(backbone), data_root=str(data), feature_type="RN50",
+                  batch_size=args.batch, valid_batch_size=args.batch, epochs=1, output=str(out), use_lora=True,
+                  use_single_lora=True, lora_dim=args.lora_dim, lr=1e-4)
+    values.update(extra)
+    return api.load_settings(**values)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def host_prep(engine: Engine, batches: int, batch: int) -> float:
+    """Samples/s of building training batches in this process (what one loader worker does)."""
+    ds = engine.dataset("vqa", "karpathy_train", train=True)
+    order = np.random.default_rng(0).permutation(len(ds))
+    fetch = getattr(ds, "__getitems__", None)
+    t0 = time.perf_counter()
+    for b in range(batches):
+        idx = order[b * batch:(b + 1) * batch].tolist()
+        items = fetch(idx) if fetch is not None else [ds[i] for i in idx]
+        ds.collate(items)
+    return batches * batch / (time.perf_counter() - t0)
+
+
+def pure_steps(engine: Engine, batches: list[dict], device: torch.device) -> float:
+    """Seconds of forward + backward + optimiser over pre-collated batches (no data loading at all)."""
+    from vlcli.train.optim import build_optimizers
+
+    opt = build_optimizers(engine.module, engine.settings)[0]
+    engine.module.train()
+    task = get_task("vqa")
+    on_device = [to_device(b, device) for b in batches]
+    sync(device)
+    t0 = time.perf_counter()
+    for b in on_device:
+        with engine._autocast():
+            loss = engine.module(**task.model_inputs(b)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def bare_step(engine: Engine, batch: dict, device: torch.device, steps: int) -> float | None:
+    """A bare transformers + peft LoRA step with inputs_embeds of the vlcli step's length (None without peft)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        return None
+    lm = engine.module.lm
+    family = engine.module.family
+    config = type(lm.config).from_dict(lm.config.to_dict())
+    torch.manual_seed(0)
+    bare = type(lm)(config).to(device)
+    targets = ["q", "v"] if family == "t5" else ["q_proj", "v_proj"]
+    bare = get_peft_model(bare, LoraConfig(r=engine.settings.get("lora_dim"), lora_alpha=32, target_modules=targets))
+    opt = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad], lr=1e-4)
+    b = to_device(batch, device)
+    n, length = b["input_ids"].shape[0], b["input_ids"].shape[1] + b["vis_feats"].shape[-2]
+    embeds = torch.randn(n, length, config.d_model, device=device)
+    labels = b["labels"]
+
+    def step():
+        with engine._autocast():
+            loss = bare(inputs_embeds=embeds, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default="tiny", help="tiny (t5 family), tiny-bart, t5-base, bart-base, ...")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=6, help="training steps timed (one epoch)")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--lora_dim", type=int, default=128)
+    parser.add_argument("--bf16", action="store_true", help="(CUDA) the engine's default bf16 autocast")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    torch.set_num_threads(torch.get_num_threads())
+    n_train, n_valid = args.batch * args.steps, args.batch * 2
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{os.cpu_count()} CPU cores'}), "
+          f"arch {args.arch}, batch {args.batch}, {args.steps} steps, LoRA r{args.lora_dim}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        backbone = make_backbone(args.arch, root)
+        data = make_data(root / "data", n_train, n_valid, args.images)
+        print(f"set-up: {time.perf_counter() - t0:.1f} s")
+
+        consolidated = data / "COCO/clip_features/data_clip_RN50_att.h5"
+        for store, extra in (("per-image h5", {}), ("consolidated h5", {"data_paths": f"coco.clip={consolidated}"})):
+            try:
+                s = settings_for(args, backbone, data, root / "prep", **extra)
+            except Exception as exc:  # noqa: BLE001 - a store option this version lacks
+                print(f"host batch prep ({store}): skipped ({str(exc).splitlines()[0]})")
+                continue
+            engine = Engine(s)
+            host_prep(engine, 1, args.batch)  # warm-up (file cache)
+            print(f"host batch prep ({store}): {host_prep(engine, args.steps, args.batch):,.0f} samples/s per process")
+
+        s = settings_for(args, backbone, data, root / "run", compile=args.compile)
+        engine = Engine(s)
+        ds = engine.dataset("vqa", "karpathy_train", train=True)
+        loader = engine.loader(ds, args.batch, train=True)
+        batches = [b for b in loader]
+        pure = pure_steps(Engine(s), batches, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        history = engine.fit()
+        epoch_s = history.records[-1]["epoch_s"]
+        print(f"pure model step: {pure / args.steps * 1000:.1f} ms/step ({n_train / pure:,.0f} samples/s)")
+        print(f"Engine.fit epoch: {epoch_s / args.steps * 1000:.1f} ms/step ({n_train / epoch_s:,.0f} samples/s, "
+              f"num_workers {s.get('num_workers')})")
+        print(f"loop/step ratio: {epoch_s / pure:.2f}")
+        print(f"data wait: {max(0.0, epoch_s - pure) / args.steps * 1000:.1f} ms/step")
+        if device.type == "cuda":
+            print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        bare = bare_step(engine, batches[0], device, min(args.steps, 5))
+        if bare is not None:
+            print(f"bare transformers+LoRA step: {bare * 1000:.1f} ms/step; vlcli step / bare: "
+                  f"{pure / args.steps / bare:.2f}")
+
+        t0 = time.perf_counter()
+        engine.predict("vqa", "karpathy_val", "valid")
+        predict_s = time.perf_counter() - t0
+        vds = engine.dataset("vqa", "karpathy_val", train=False, role="valid")
+        vbatches = [to_device(b, device) for b in engine.loader(vds, args.batch, train=False)]
+        task = get_task("vqa")
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for b in vbatches:
+                with engine._autocast():
+                    task.predict(engine.module, b, engine.settings, engine.tokenizer)
+        sync(device)
+        generate_s = time.perf_counter() - t0
+        print(f"eval: predict {predict_s:.2f} s, generate {generate_s:.2f} s on {n_valid} examples; "
+              f"predict/generate ratio: {predict_s / generate_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
