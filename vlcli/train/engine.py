@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,7 +118,43 @@ def tests_enabled(settings: Any) -> bool:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """Tensors to ``device`` (asynchronously from pinned memory); float16 features become float32 there."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if value.dtype == torch.float16:
+                value = value.float()
+        out[key] = value
+    return out
+
+
+def prefetched(batches: Iterable[Any], device: torch.device, tagged: bool = False) -> Iterator[Any]:
+    """Batches on ``device``; on CUDA the next batch's copy runs on a side stream while this one trains.
+
+    ``tagged``: the items are ``(task, batch)`` pairs (the multitask loader's).
+    """
+    def move(item: Any) -> Any:
+        return (item[0], to_device(item[1], device)) if tagged else to_device(item, device)
+
+    if device.type != "cuda":
+        for item in batches:
+            yield move(item)
+        return
+    stream, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    pending = None
+    for item in batches:
+        with torch.cuda.stream(stream):
+            moved = move(item)
+            for value in (moved[1] if tagged else moved).values():
+                if isinstance(value, torch.Tensor):
+                    value.record_stream(main)  # used on the main stream: keep the allocator from reusing it early
+        if pending is not None:
+            yield pending
+        main.wait_stream(stream)
+        pending = moved
+    if pending is not None:
+        yield pending
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -198,6 +234,7 @@ class Engine:
         self.history = History()
         self.position = Position()
         self._resume_rng: dict[str, Any] | None = None
+        self._eval_loaders: dict[tuple[str, str, str | None], tuple[DataLoader, TaskDataset]] = {}
         self._compiled = False
         self._t0 = time.perf_counter()
         self.amp_dtype = self._amp_dtype()
@@ -238,9 +275,20 @@ class Engine:
         else:
             sampler = None  # type: ignore[assignment]
         workers = self.settings.get("num_workers")
+        extra = {"persistent_workers": True, "prefetch_factor": self.settings.get("prefetch")} if workers else {}
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
                           collate_fn=dataset.collate, num_workers=workers,
-                          worker_init_fn=seed_worker if workers else None, pin_memory=self.ctx.device.type == "cuda")
+                          worker_init_fn=seed_worker if workers else None, pin_memory=self.ctx.device.type == "cuda",
+                          **extra)
+
+    def eval_loader(self, task: str, split: str, role: str | None) -> tuple[DataLoader, TaskDataset]:
+        """The evaluation loader of a split, made once (its workers persist across validations)."""
+        key = (task, split, role)
+        if key not in self._eval_loaders:
+            ds = self.dataset(task, split, train=False, role=role)
+            batch_size = self.settings.derived.per_task[task].valid_batch_size
+            self._eval_loaders[key] = (self.loader(ds, batch_size, train=False), ds)
+        return self._eval_loaders[key]
 
     def train_loader(self) -> MultitaskLoader:
         loaders = {}
@@ -374,7 +422,7 @@ class Engine:
         tally = copy.deepcopy(pos.tally)
         device = DeviceTally.start(tally, self.ctx.device)
         t0 = time.perf_counter()
-        for index, (task, batch) in enumerate(loader):
+        for index, (task, batch) in enumerate(prefetched(loader, self.ctx.device, tagged=True)):
             if index < skip:  # replay the data order (and the datasets' draws) of a resumed epoch
                 if index == skip - 1 and self._resume_rng is not None:
                     set_rng_state(self._resume_rng)  # the RNG as it was right after the last saved step
@@ -412,13 +460,13 @@ class Engine:
                            plan.schedulers[0].get_last_lr()[0], tally.seen / max(tally.seconds, 1e-9),
                            global_step=pos.global_step)
         if stopping:
-            stop.request()
+            if not stop.requested:  # asked on another rank
+                stop.request()
             self._stop_if_requested(stop, plan, saved=False)
 
     def _step(self, plan: TrainingPlan, index: int, task: str, batch: dict[str, Any], window_end: bool,
               tally: EpochTally, device: DeviceTally) -> None:
-        """Forward and backward of one batch; at the end of an accumulation window, the optimiser step."""
-        batch = to_device(batch, self.ctx.device)
+        """Forward and backward of one batch (on the device); at the end of an accumulation window, the optimiser step."""
         sync = window_end or not isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
         with (nullcontext() if sync else self.model.no_sync()):
             with self._autocast():
@@ -530,14 +578,11 @@ class Engine:
     @torch.no_grad()
     def predict(self, task: str, split: str, role: str | None = None) -> tuple[dict[Hashable, Any], TaskDataset]:
         """Predictions of every example of ``split`` (gathered from all ranks, each id once)."""
-        ds = self.dataset(task, split, train=False, role=role)
-        batch_size = self.settings.derived.per_task[task].valid_batch_size
-        loader = self.loader(ds, batch_size, train=False)
+        loader, ds = self.eval_loader(task, split, role)
         self.module.eval()
         self.reporter.evaluating(task, split, len(loader))
         pairs: list[tuple[Hashable, Any]] = []
-        for batch in loader:
-            batch = to_device(batch, self.ctx.device)
+        for batch in prefetched(loader, self.ctx.device):
             with self._autocast():
                 pairs += list(get_task(task).predict(self.module, batch, self.settings, self.tokenizer).items())
         return dist.gather_pairs(self.ctx, pairs), ds

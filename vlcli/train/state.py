@@ -102,7 +102,8 @@ class StopRequest:
         return SIGTERM_EXIT if self.signum == signal.SIGTERM else SIGINT_EXIT
 
     def request(self, signum: int = signal.SIGINT) -> None:
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
