@@ -166,7 +166,9 @@ def test_eval_takes_tasks_and_settings_from_run_directory(cli, tmp_path):
                                                  "lora_dim": 16, "load": "somewhere", "from_scratch": True}))
     r = cli("inspect-config", "--json", "--load", str(run))
     data = json.loads(r.out)
-    assert data["derived"]["tasks"] == [] and data["derived"]["load_path"] == str(run / "BEST.safetensors")
+    # inspect-config --load shows the run's own configuration, as eval / submit would use it
+    assert data["derived"]["tasks"] == ["vqa", "gqa"] and data["derived"]["load_path"] == str(run / "BEST.safetensors")
+    assert data["config"]["backbone"] == "facebook/bart-base" and data["sources"]["lora_dim"].startswith("run:")
     r = cli("eval", "--test_only", "--load", str(run), "--data_root", str(tmp_path / "datasets"))
     assert r.code == 2, r.err  # valid: tasks from the run's config.json; then the data preflight
     assert "vqa/karpathy_test.json" in r.err and "GQA/submit.json" in r.err

@@ -97,7 +97,12 @@ CASES = [
     ("R47", "error", None, None, {"load": "/nonexistent/run/BEST"}, None, "no checkpoint found"),
     ("R48", "error", None, None, {"data_paths": "vqa.nope=/x"}, None, "unknown name(s) vqa.nope"),
     ("R49", "error", None, "vqa", {"best_metric": "gqa/accuracy"}, None, "one of the run's tasks (vqa)"),
+    ("R49", "error", None, "vqa", {"best_metric": "vqa/acc"}, None, "vqa reports no metric 'acc'"),
     ("R50", "warning", None, "vqa", {"fp16": "1"}, None, "T5 activations overflow float16"),
+    ("R43", "error", None, None, {"adam_eps": "nan"}, None, "--adam_eps nan must be a finite number"),
+    ("R43", "error", None, None, {"additional_visual_embedding_layers": "2147483648"}, None, "must be >= 0 and <= 64"),
+    ("R53", "error", None, None, {"backbone": "t5-bse"}, None, "did you mean 't5-base'"),
+    ("R53", "error", None, None, {"tokenizer": "/nonexistent/tok"}, None, "--tokenizer /nonexistent/tok: no such local"),
 ]
 
 
@@ -124,9 +129,29 @@ def test_r31_multitask_without_distributed_is_accepted():
 
 def test_every_rule_has_a_case():
     covered = {c[0] for c in CASES} | {"R31", "R34"}
-    expected = {f"R{i}" for i in range(1, 51)}
+    expected = {f"R{i}" for i in range(1, 51)} | {"R53"}
     assert expected <= covered
     assert set(RULES) | {"R31", "R47"} == expected  # R47 is checked while resolving `load`
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new numeric field without bounds would accept 2147483648 layers or NaN: R43 must know it."""
+    from vlcli.config.rules import RANGED
+    from vlcli.config.settings import FIELDS
+
+    numeric = {n for n, f in FIELDS.items()
+               if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)} | {"valid_batch_size"}
+    assert numeric - RANGED == set()
+
+
+def test_best_metric_names_match_what_the_evaluators_return():
+    from vlcli.config.rules import METRIC_NAMES
+    from vlcli.metrics.vcr import METRIC_KEYS
+    from vlcli.tasks import get_task
+
+    assert METRIC_NAMES["vcr"] == METRIC_KEYS
+    for task, names in METRIC_NAMES.items():
+        assert get_task(task).primary_metric in names, task
 
 
 def test_all_violations_reported_at_once():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlcli.errors import CheckpointNotFoundError
+from vlcli.paths import is_dir, is_file, user_path
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PTH_SUFFIX = ".pth"
@@ -23,7 +24,7 @@ RUN_CONFIG = "config.json"
 
 
 def _listing(folder: Path, limit: int = 12) -> str:
-    if not folder.is_dir():
+    if not is_dir(folder):
         return f"{folder}/ does not exist"
     names = sorted(p.name for p in folder.iterdir())
     if not names:
@@ -33,7 +34,7 @@ def _listing(folder: Path, limit: int = 12) -> str:
 
 
 def _checkpoints_in(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+    if not is_dir(folder):
         return []
     return [p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_EXTENSIONS]
 
@@ -53,28 +54,28 @@ def resolve_load(load: str | None, output: str | Path) -> Path | None:
                 f"{_listing(folder)}"
             )
         return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
-    path = Path(load).expanduser()
+    path = user_path(load)
     tried: list[Path] = []
-    if path.is_dir():
+    if is_dir(path):
         for stem in ("BEST", "LAST"):
             for ext in CHECKPOINT_EXTENSIONS:
                 candidate = path / f"{stem}{ext}"
                 tried.append(candidate)
-                if candidate.is_file():
+                if is_file(candidate):
                     return candidate
         raise CheckpointNotFoundError(
             f"--load {load}: the run directory has no BEST or LAST checkpoint; looked for "
             f"{', '.join(str(t) for t in tried)}; {_listing(path)}"
         )
     if path.suffix in CHECKPOINT_EXTENSIONS:
-        if path.is_file():
+        if is_file(path):
             return path
         tried.append(path)
     else:
         for ext in CHECKPOINT_EXTENSIONS:
             candidate = path.with_name(path.name + ext)
             tried.append(candidate)
-            if candidate.is_file():
+            if is_file(candidate):
                 return candidate
     raise CheckpointNotFoundError(
         f"--load {load}: no checkpoint found; looked for {', '.join(str(t) for t in tried)}; "
@@ -85,4 +86,4 @@ def resolve_load(load: str | None, output: str | Path) -> Path | None:
 def run_config_for(checkpoint: Path) -> Path | None:
     """The saved ``config.json`` of the run a checkpoint belongs to, if there is one."""
     candidate = checkpoint.parent / RUN_CONFIG
-    return candidate if candidate.is_file() else None
+    return candidate if is_file(candidate) else None

@@ -19,6 +19,7 @@ from typing import Any
 
 from vlcli.config import jsonc
 from vlcli.errors import ProfileError
+from vlcli.paths import is_file, user_path
 
 PROFILE_SUFFIXES = (".jsonc", ".json")
 EXTENDS_KEY = "extends"
@@ -75,14 +76,14 @@ def builtin_names() -> list[str]:
 
 def find(ref: str) -> tuple[str, Path]:
     """Resolve a profile reference to ``(label, path)``; label is the name or the path given."""
-    path = Path(ref).expanduser()
-    if path.is_file():
+    path = user_path(ref)
+    if is_file(path):
         return str(ref), path
     looks_like_path = path.suffix in PROFILE_SUFFIXES or "/" in ref or "\\" in ref
     if not looks_like_path:
         for suffix in PROFILE_SUFFIXES:
             candidate = builtin_dir() / f"{ref}{suffix}"
-            if candidate.is_file():
+            if is_file(candidate):
                 return ref, candidate
     names = builtin_names()
     close = difflib.get_close_matches(ref, names, n=1)

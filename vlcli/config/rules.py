@@ -16,7 +16,6 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vlcli.config.derive import (
     FEATURE_TYPES,
@@ -28,6 +27,7 @@ from vlcli.config.derive import (
 from vlcli.config.settings import FIELDS, Derived, Settings
 from vlcli.config.types import KNOWN_TASKS
 from vlcli.errors import Issue
+from vlcli.paths import is_file, user_path
 
 ADAPTER_TYPES = ("use_adapter", "use_hyperformer", "use_compacter", "use_lradapter")
 PER_TASK_ADAPTER_TYPES = ("use_adapter", "use_compacter", "use_lradapter")
@@ -579,7 +579,7 @@ def _r32(c: RuleContext):
     if c.command not in (*COMMANDS_TRAINING, None, "inspect-config"):
         yield W("R32", f"--deepspeed ignored by `{c.command}`: it applies to finetune and pretrain.", "deepspeed")
         return
-    if not Path(ds).is_file():
+    if not is_file(user_path(ds)):
         yield E("R32", f"--deepspeed {ds}: file not found; give the path of a DeepSpeed JSON config.", "deepspeed")
     if c.v("fp16"):
         yield W("R32", "--fp16 with --deepspeed: precision is taken from the DeepSpeed config; no gradient scaler.", "fp16")
@@ -700,42 +700,80 @@ def _r42(c: RuleContext):
         )
 
 
+# Every numeric setting has a range (a test checks none is missing): size-like integers get an upper bound
+# so that a typo such as 2147483648 layers is an error, not a model that eats all memory.
 # (name, lower bound, inclusive, upper bound, inclusive)
+_BIG = 1_000_000
 _RANGES = [
-    ("batch_size", 1, True, None, False),
-    ("valid_batch_size", 1, True, None, False),
-    ("epochs", 0, True, None, False),
-    ("num_workers", 0, True, None, False),
-    ("lr", 0, False, None, False),
-    ("vis_lr", 0, False, None, False),
-    ("weight_decay", 0, True, None, False),
-    ("vis_weight_decay", 0, True, None, False),
+    ("seed", 0, True, 2**32 - 1, True),
+    ("train_topk", -1, True, 10**9, True),
+    ("valid_topk", -1, True, 10**9, True),
+    ("num_workers", 0, True, 256, True),
+    ("local_rank", -1, True, 4096, True),
+    ("sync_every", 1, True, _BIG, True),
+    ("prefetch", 1, True, 1024, True),
+    ("batch_size", 1, True, _BIG, True),
+    ("valid_batch_size", 1, True, _BIG, True),
+    ("gradient_accumulation_steps", 1, True, 100_000, True),
+    ("epochs", 0, True, 100_000, True),
+    ("lr", 0, False, 10, True),
+    ("vis_lr", 0, False, 10, True),
+    ("weight_decay", 0, True, 100, True),
+    ("vis_weight_decay", 0, True, 100, True),
     ("warmup_ratio", 0, True, 1, False),
+    ("clip_grad_norm", -_BIG, True, _BIG, True),
+    ("adam_eps", 0, False, 1, True),
+    ("adam_beta1", 0, True, 1, False),
+    ("adam_beta2", 0, True, 1, False),
     ("dropout", 0, True, 1, False),
-    ("adam_eps", 0, False, None, False),
-    ("max_text_length", 1, True, None, False),
-    ("gen_max_length", 1, True, None, False),
-    ("num_beams", 1, True, None, False),
-    ("n_boxes", 1, True, None, False),
-    ("max_n_boxes", 1, True, None, False),
+    ("max_text_length", 1, True, 100_000, True),
+    ("n_ground", 1, True, 1000, True),
     ("word_mask_rate", 0, True, 1, True),
-    ("n_ground", 1, True, None, False),
-    ("ground_upsample", 1, True, None, False),
-    ("lambda_z", 0, True, None, False),
+    ("obj_mask_rate", 0, True, 1, True),
+    ("ground_upsample", 1, True, 1000, True),
+    ("ground_weight", 0, True, 1000, True),
+    ("feat_dim", 1, True, 65536, True),
+    ("pos_dim", 1, True, 64, True),
+    ("n_boxes", 1, True, 1000, True),
+    ("max_n_boxes", 1, True, 1000, True),
+    ("additional_visual_embedding_layers", 0, True, 64, True),
+    ("n_image_tokens", 1, True, 4096, True),
+    ("encoder_prompt_len", 0, True, 10_000, True),
+    ("decoder_prompt_len", 0, True, 10_000, True),
+    ("mid_dim", 1, True, 65536, True),
+    ("projected_task_embedding_dim", -1, True, 65536, True),
+    ("reduction_factor", 0, False, 65536, True),
+    ("hypercomplex_division", 1, True, 1024, True),
+    ("phm_rank", 1, True, 65536, True),
+    ("phm_init_range", 0, False, 10, True),
+    ("low_rank_rank", 1, True, 65536, True),
+    ("lora_dim", 1, True, 65536, True),
+    ("lora_alpha", 0, False, _BIG, True),
+    ("lambda_z", 0, True, _BIG, True),
+    ("vis_reduction_factor", 0, False, 4096, True),
+    ("num_beams", 1, True, 100, True),
+    ("gen_max_length", 1, True, 10_000, True),
 ]
+RANGED = frozenset(name for name, *_ in _RANGES)
+
+
+def _range_text(lo: float, lo_inc: bool, hi: float | None, hi_inc: bool) -> str:
+    low = f"{'>=' if lo_inc else '>'} {lo}"
+    return low + (f" and {'<=' if hi_inc else '<'} {hi}" if hi is not None else "")
 
 
 @rule("R43")
 def _r43(c: RuleContext):
     for name, lo, lo_inc, hi, hi_inc in _RANGES:
         value = c.v(name)
-        if value is None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            yield E("R43", f"--{name} {value} must be a finite number ({_range_text(lo, lo_inc, hi, hi_inc)}).", name)
             continue
         bad = (value < lo if lo_inc else value <= lo) or (hi is not None and (value > hi if hi_inc else value >= hi))
         if bad:
-            low = f"{'>=' if lo_inc else '>'} {lo}"
-            high = f" and {'<=' if hi_inc else '<'} {hi}" if hi is not None else ""
-            yield E("R43", f"--{name} {value} must be {low}{high}.", name)
+            yield E("R43", f"--{name} {value} must be {_range_text(lo, lo_inc, hi, hi_inc)}.", name)
 
 
 @rule("R44")
@@ -798,10 +836,25 @@ def _r49(c: RuleContext):
     best = c.v("best_metric")
     if best == "average":
         return
-    task = best.split("/", 1)[0]
+    task, _, metric = best.partition("/")
     if task not in c.derived.tasks:
         yield E("R49", f"--best_metric {best!r}: use 'average', one of the run's tasks ({', '.join(c.derived.tasks) or '-'}) "
                 "or TASK/METRIC (e.g. vqa/accuracy, caption/CIDEr).", "best_metric")
+        return
+    names = METRIC_NAMES.get(task)
+    if metric and names is not None and metric not in names and not metric.startswith(METRIC_PREFIXES.get(task, "\0")):
+        yield E("R49", f"--best_metric {best!r}: {task} reports no metric {metric!r}; use one of "
+                f"{', '.join(f'{task}/{n}' for n in names)}{_suggest(metric, names)}", "best_metric")
+
+
+METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "vqa": ("accuracy",), "gqa": ("accuracy",), "nlvr": ("accuracy", "consistency"),
+    "caption": ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE"),
+    "refcoco": ("accuracy", "correct", "total"), "vcr": ("q_a", "qa_r", "q_ar"), "cls": ("accuracy",),
+}
+"""What each task's evaluator returns (``--best_metric TASK/METRIC``); pretraining's names depend on --losses."""
+METRIC_PREFIXES: dict[str, str] = {"vqa": "accuracy/"}
+"""Families of metric names: VQA's per-answer-type accuracies (``vqa/accuracy/yes/no``)."""
 
 
 @rule("R50")
@@ -817,3 +870,35 @@ def check(ctx: RuleContext) -> list[Issue]:
     for func in RULES.values():
         issues.extend(func(ctx))
     return issues
+
+
+_LEGACY_BARE_IDS = frozenset({"t5-3b", "t5-11b", "bart-base", "bart-large"})
+"""Hub ids without an organisation that still resolve (besides the presets)."""
+
+
+def _name_problem(value: str) -> str | None:
+    """Why a --backbone / --tokenizer value cannot name a model, or None: a preset, a local directory or an
+    ``org/name`` hub id are fine (the load itself reports a hub id it cannot find)."""
+    from vlcli.model.presets import PRESETS
+    from vlcli.paths import exists
+
+    if value in PRESETS or value in _LEGACY_BARE_IDS or exists(user_path(value)):
+        return None
+    if "/" in value and not value.startswith(("/", ".", "~")) and value.count("/") == 1 and all(value.split("/")):
+        return None
+    where = "no such local directory" if value.startswith(("/", ".", "~")) or os.sep in value else \
+        "neither a built-in name, a local directory nor an org/name hub id"
+    return f"{where}{_suggest(value, PRESETS)}"
+
+
+@rule("R53")
+def _r53(c: RuleContext):
+    if c.v("demo_world"):  # the demo world creates its backbones on first use
+        return
+    for name in ("backbone", "tokenizer"):
+        value = c.v(name)
+        if isinstance(value, str) and value and (problem := _name_problem(value)):
+            from vlcli.model.presets import PRESETS
+
+            yield E("R53", f"--{name} {value}: {problem} (built-in: {', '.join(sorted(PRESETS))}; or a local "
+                    "directory saved with save_pretrained, or a hub id such as google/t5-v1_1-base)", name)

@@ -22,7 +22,6 @@ Decisions (documented in docs/model.md):
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from vlcli.model.presets import PRESETS, architecture_config, backbone_info, mod
 from vlcli.model.tokenizer import N_EXTRA, N_VIS, VLTokenizer, build_vl_tokenizer
 from vlcli.model.visual import VisualConfig
 from vlcli.model.vl import VLModel
+from vlcli.paths import is_dir, user_path
 from vlcli.peft import apply_peft
 
 # Vocabulary of the public backbones' tokenizers (before the VL sentinels are added).
@@ -86,7 +86,7 @@ def _set_dropout(config: Any, family: str, dropout: float) -> None:
 
 
 def _is_local(backbone: str) -> bool:
-    return Path(backbone).expanduser().is_dir()
+    return is_dir(user_path(backbone))
 
 
 def backbone_config(backbone: str, family: str, offline: bool = False) -> Any:
@@ -100,7 +100,7 @@ def backbone_config(backbone: str, family: str, offline: bool = False) -> Any:
 
     try:
         return AutoConfig.from_pretrained(
-            str(Path(backbone).expanduser()) if _is_local(backbone) else backbone,
+            str(user_path(backbone)) if _is_local(backbone) else backbone,
             local_files_only=offline or _is_local(backbone) or _offline(),
         )
     except (OSError, ValueError) as exc:
@@ -177,7 +177,7 @@ def build_model(
         with torch.device("meta" if meta else "cpu"):
             lm = cls(config)
     else:
-        source = str(Path(backbone).expanduser()) if _is_local(backbone) else backbone
+        source = str(user_path(backbone)) if _is_local(backbone) else backbone
         try:
             lm = cls.from_pretrained(
                 source, config=config, local_files_only=_is_local(backbone) or _offline(), dtype=torch.float32

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from vlcli.errors import VlcliError
+from vlcli.paths import is_file, user_path
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,9 @@ def backbone_info(backbone: str) -> BackboneInfo | None:
     """
     if backbone in PRESETS:
         return PRESETS[backbone]
-    path = Path(backbone).expanduser()
+    path = user_path(backbone)
     cfg = path / "config.json"
-    if cfg.is_file():
+    if is_file(cfg):
         try:
             data = json.loads(cfg.read_text(encoding="utf-8"))
         except (OSError, ValueError):

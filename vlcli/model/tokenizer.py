@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlcli.errors import VlcliError
 from vlcli.model.presets import FAMILIES
+from vlcli.paths import exists, is_dir, user_path
 
 if TYPE_CHECKING:
     import torch
@@ -139,7 +140,7 @@ def _check_index(k: int, n: int) -> None:
 
 def _looks_local(name_or_path: str) -> bool:
     """True when ``name_or_path`` is a filesystem path rather than a hub id like ``facebook/bart-base``."""
-    if Path(name_or_path).expanduser().exists():
+    if exists(user_path(name_or_path)):
         return True
     return (
         Path(name_or_path).is_absolute()
@@ -156,9 +157,9 @@ def _load_hf(name_or_path: str, family: str) -> PreTrainedTokenizerBase:
     family_cls = T5Tokenizer if family == "t5" else BartTokenizer
     arg = f"--tokenizer {name_or_path}"
     if _looks_local(name_or_path):
-        path = Path(name_or_path).expanduser()
-        if not path.is_dir():
-            what = "is a file, not a directory" if path.exists() else "no such directory"
+        path = user_path(name_or_path)
+        if not is_dir(path):
+            what = "is a file, not a directory" if exists(path) else "no such directory"
             raise TokenizerError(f"{arg}: {what}; pass a directory saved with save_pretrained or a hub name")
         if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES[family]):
             wanted = " or ".join("+".join(g) for g in _TOKENIZER_FILES[family])
