@@ -43,16 +43,20 @@ def test_multitask_finetune_then_eval_reproduces_the_test_metrics(cli, world, tm
     test = json.loads((run / "test_metrics.json").read_text())
     assert "Run" in res.out and "trainable parameters" in res.out
     # `eval --test_only --load RUN` rebuilds the model from the run's config.json and BEST
-    res = cli("eval", "--test_only", "--load", str(run))
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    res = cli("eval", "--test_only", "--load", str(run), "--json")
     assert res.code == 0, res.err
-    again = json.loads((run / "eval_metrics.json").read_text())
+    [folder] = list((run / "eval").iterdir())  # a new folder; the run's own files are untouched
+    again = json.loads((folder / "eval_metrics.json").read_text())
+    assert json.loads(res.out) == again  # --json: the metrics on stdout, nothing else
     for task in ("vqa", "nlvr", "caption"):
         assert again[f"test/{task}"] == pytest.approx(test[f"test/{task}"], abs=1e-6)
     # `submit --load RUN` writes the leaderboard files, every id once
-    res = cli("submit", "--load", str(run))
+    res = cli("submit", "--load", str(run), "--submission", str(run.parent / "subs"))
     assert res.code == 0, res.err
-    rows = json.loads((run / "vqa_submit.json").read_text())
+    rows = json.loads((run.parent / "subs" / "vqa_submit.json").read_text())
     assert sorted(r["question_id"] for r in rows) == [3000, 3001, 3002, 3003]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
 def engine_settings(world, out, **extra):

@@ -31,6 +31,7 @@ def normalize(argv: list[str], command_options: Mapping[str, bool]) -> list[str]
     whether they take a value; those pass through untouched.
     """
     out: list[str] = []
+    seen = _Seen()
     i = 0
     while i < len(argv):
         tok = argv[i]
@@ -44,9 +45,13 @@ def normalize(argv: list[str], command_options: Mapping[str, bool]) -> list[str]
         name, has_eq, value = tok[2:].partition("=")
         if f"--{name}" in command_options:
             out.append(tok)
+            given = value if has_eq else None
             if command_options[f"--{name}"] and not has_eq and i + 1 < len(argv):
                 out.append(argv[i + 1])
+                given = argv[i + 1]
                 i += 1
+            if f"--{name}" not in REPEATABLE:
+                seen.add(f"--{name.replace('_', '-')}", f"--{name}", given)
             i += 1
             continue
         canon = canonical_name(name)
@@ -57,6 +62,7 @@ def normalize(argv: list[str], command_options: Mapping[str, bool]) -> list[str]
             if has_eq:
                 raise UnknownArgumentError(f"--{name} takes no value; write --{negated} {value} or --{name}")
             out.append(f"--{negated}=false")
+            seen.add(negated, f"--{name}", "false")
             i += 1
             continue
         if canon is None:
@@ -69,6 +75,8 @@ def normalize(argv: list[str], command_options: Mapping[str, bool]) -> list[str]
                 i += 1
             else:
                 out.append(f"--{canon}=true")
+            word = out[-1].partition("=")[2].strip().lower()
+            seen.add(canon, tok.partition("=")[0], str(BOOL_WORDS.get(word, word)).lower())
             i += 1
             continue
         if has_eq:
@@ -79,7 +87,29 @@ def normalize(argv: list[str], command_options: Mapping[str, bool]) -> list[str]
         else:
             raise UnknownArgumentError(f"--{name} needs a value (e.g. --{canon} {_example(canon)})")
         i += 1
+        seen.add(out[-1][2:].partition("=")[0], tok.partition("=")[0], out[-1].partition("=")[2])
     return out
+
+
+REPEATABLE = frozenset({"--profile", "-p"})
+"""Options that may be given several times (profiles merge left to right); any other repeat is an error."""
+
+
+class _Seen:
+    """Options given so far: a second value for the same option is an error naming both."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[str, str | None]] = {}
+
+    def add(self, key: str, spelled: str, value: str | None) -> None:
+        if key in self.values:
+            first, old = self.values[key]
+            if old != value or value is None:
+                shown = f"{first} {old}" if old is not None else first
+                now = f"{spelled} {value}" if value is not None else spelled
+                raise UnknownArgumentError(f"{shown} and {now}: an option given twice; give it once")
+            return
+        self.values[key] = (spelled, value)
 
 
 def _example(name: str) -> str:

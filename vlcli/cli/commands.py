@@ -34,11 +34,24 @@ def finetune(
     adapter: Optional[str] = AdapterOption,
     overrides: Any = None,
 ) -> None:
-    """Fine-tune on one task (`vlcli finetune vqa`) or a mix (`vlcli finetune multitask --tasks vqa,gqa`)."""
+    """Fine-tune on one task (`vlcli finetune vqa`) or a mix (`vlcli finetune multitask --tasks vqa,gqa`).
+    With --test_only it trains nothing: it evaluates --load on the test split, exactly as `vlcli eval --test_only`."""
+    if _flag_given(overrides, "test_only"):
+        _eval_checkpoint(task, profile, adapter, overrides, as_json=False, vqa_eval_mode=None)
+        return
     res = _validated("finetune", task, profile, adapter, overrides)
     from vlcli.cli.training import run_finetune
 
     run_finetune(res.settings)
+
+
+def _flag_given(overrides: dict[str, Any] | None, name: str) -> bool:
+    from vlcli.config.types import parse_bool
+
+    try:
+        return bool(parse_bool((overrides or {}).get(name, False)))
+    except ValueError:
+        return False  # validation reports the bad value
 
 
 @settings_options
@@ -74,7 +87,7 @@ def evaluate(
     vqa_eval_mode: Optional[str] = typer.Option(
         None, "--vqa_eval_mode", "--vqa-eval-mode", metavar="vlt5|official",
         help="VQA evaluator version: vlt5 (the 2017 one VL-T5/VL-Adapter report) or official (today's server). "
-        "[default: vlt5]", rich_help_panel=EVAL_PANEL, show_default=False),
+        "\\[default: vlt5]", rich_help_panel=EVAL_PANEL, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object.",
                                  rich_help_panel=EVAL_PANEL),
     profile: Optional[list[str]] = ProfileOption,
@@ -88,12 +101,11 @@ def evaluate(
     if vqa_eval_mode is not None and vqa_eval_mode not in MODES:
         raise VlcliError(f"--vqa_eval_mode {vqa_eval_mode}: use one of {', '.join(MODES)}")
     if predictions is None:
-        res = _validated("eval", task, profile, adapter, overrides)
-        if res.settings.derived.load_path is None:
-            raise VlcliError("`vlcli eval` needs --load <checkpoint or run directory> (or --predictions FILE)")
-        from vlcli.cli.evaluation import run_eval
-
-        run_eval(res.settings)
+        given = [name for name, value in (("--questions", questions), ("--annotations", annotations)) if value]
+        if given:
+            raise VlcliError(f"{' and '.join(given)} score a predictions file: add --predictions FILE, or drop them "
+                             "to evaluate --load on the run's own annotations")
+        _eval_checkpoint(task, profile, adapter, overrides, as_json, vqa_eval_mode)
         return
     result = _score_predictions_file(task, predictions, questions, annotations, vqa_eval_mode or DEFAULT_MODE)
     ignored = [f"--{k}" for k in overrides or {}] + (["--profile"] if profile else []) + (["--adapter"] if adapter else [])
@@ -103,6 +115,28 @@ def evaluate(
         render.print_json(result)
     else:
         _render_eval_result(result)
+
+
+def _eval_checkpoint(task: Optional[str], profile: Optional[list[str]], adapter: Optional[str],
+                     overrides: dict[str, Any], as_json: bool, vqa_eval_mode: Optional[str]) -> None:
+    """`vlcli eval --load` (and `finetune --test_only`): metrics as a table, or one JSON object on stdout."""
+    res = _validated("eval", task, profile, adapter, overrides)
+    settings = res.settings
+    if settings.derived.load_path is None:
+        raise VlcliError("`vlcli eval` needs --load <checkpoint or run directory> (or --predictions FILE)")
+    if vqa_eval_mode is not None and "vqa" not in settings.derived.tasks:
+        raise VlcliError(f"--vqa_eval_mode {vqa_eval_mode}: this run has no VQA task "
+                         f"({', '.join(settings.derived.tasks)}); drop it")
+    from vlcli.cli.evaluation import output_dir, run_eval
+    from vlcli.cli.training import _results_table
+
+    out = output_dir(settings, "eval", res.sources.get("output") == "cli")
+    results = run_eval(settings, out, vqa_eval_mode)
+    if as_json:
+        render.print_json(results)
+        return
+    render.out.print(_results_table(f"Evaluation of {settings.derived.load_path}", results))
+    render.out.print(f"[dim]metrics and predictions in {escape(str(out))}[/]")
 
 
 def _score_predictions_file(task: Optional[str], predictions: Path, questions: Optional[Path],
@@ -161,7 +195,8 @@ def submit(
         "written by finetune/eval, or the official format) instead of running a checkpoint.",
         rich_help_panel="Submission", show_default=False),
     submission: Optional[Path] = typer.Option(
-        None, "--submission", help="Where to write the file [default: OUTPUT/<task>_<official name>].",
+        None, "--submission", help="The file to write (one task) or the folder for one file per task (multitask) "
+        "\\[default: <run>/submit/<time>/<task>_<official name>].",
         rich_help_panel="Submission", show_default=False),
     profile: Optional[list[str]] = ProfileOption,
     adapter: Optional[str] = AdapterOption,
@@ -170,14 +205,18 @@ def submit(
     """Write leaderboard files in the official formats, every id of the split exactly once: from a
     checkpoint (`--load`) or from a predictions file (`vlcli submit vqa --predictions P.json`)."""
     res = _validated("submit", task, profile, adapter, overrides)
-    from vlcli.cli.evaluation import run_submit, submit_predictions_file
+    from vlcli.cli.evaluation import check_submission_target, output_dir, run_submit, submit_predictions_file
 
     if predictions is not None:
         submit_predictions_file(res.settings, predictions, submission)
         return
     if res.settings is not None and res.settings.train.load is None:
         raise VlcliError("`vlcli submit` needs --load <checkpoint or run directory> or --predictions FILE")
-    run_submit(res.settings)
+    if submission is not None:
+        check_submission_target(submission, res.settings.derived.tasks)
+    out = output_dir(res.settings, "submit", res.sources.get("output") == "cli")
+    for name, (path, rows) in run_submit(res.settings, out, submission).items():
+        render.out.print(f"[green]{name}[/]: wrote {escape(str(path))} ({rows:,} predictions, every id of the split once)")
 
 
 EXTRACT_PANEL = "Extraction"

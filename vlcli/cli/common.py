@@ -12,6 +12,7 @@ from vlcli.config import resolve
 from vlcli.config.profiles import ADAPTER_SHORTHANDS
 from vlcli.config.resolve import Resolution
 from vlcli.config.settings import FIELDS, SECTION_TITLES
+from vlcli.config.usage import unused_warning
 from vlcli.errors import ConfigError
 
 FIELD_PREFIX = "cfg__"
@@ -49,14 +50,14 @@ def _help(name: str) -> str:
     if isinstance(default, tuple):
         shown = ",".join(str(x) for x in default)
     elif isinstance(default, list):
-        shown = ",".join(default) or "''"
+        shown = ", ".join(default) or "''"
     elif default is None:
         shown = "none"
     elif isinstance(default, str):
-        shown = repr(default)
+        shown = repr(default).replace(",", ", ")  # breakable: a long unbroken word would squeeze the option names
     else:
         shown = str(default).lower() if isinstance(default, bool) else str(default)
-    extra = f" Also --no-{name}." if spec.is_bool else ""
+    extra = " Off: the --no- prefix." if spec.is_bool else ""
     return escape(f"{spec.description}{extra} [default: {shown}]")
 
 
@@ -126,4 +127,7 @@ def resolve_command(
     res = resolve(command, task, profile or [], overrides, adapter)
     if res.errors:
         raise ConfigError(res.errors, res.warnings)
+    ignored = unused_warning(command, res.sources)
+    if ignored is not None:
+        res.warnings.append(ignored)
     return res

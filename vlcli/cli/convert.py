@@ -19,7 +19,7 @@ def convert(
         ..., "--data", help="Folder with the official files under their official names."
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Output folder [default: DATA_ROOT/<vqa|GQA|nlvr|COCO>]."
+        None, "--out", help="Output folder \\[default: DATA_ROOT/<vqa|GQA|nlvr|COCO>]."
     ),
     data_root: Path = typer.Option(Path("datasets"), "--data_root", help="Data root for the default --out."),
     karpathy: Optional[Path] = typer.Option(
@@ -28,7 +28,7 @@ def convert(
         help="vqa: Karpathy's dataset_coco.json, to also write karpathy_{train,val,test}.json.",
     ),
     splits: Optional[Path] = typer.Option(
-        None, "--splits", help="caption: Karpathy's dataset_coco.json or {split: [coco ids]}."
+        None, "--splits", help="caption: Karpathy's dataset_coco.json or {split: \\[coco ids]}."
     ),
     min_answer_count: Optional[int] = typer.Option(
         None, "--min_answer_count", help="Answer-table threshold (vqa 9, gqa 1)."

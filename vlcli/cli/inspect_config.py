@@ -3,6 +3,7 @@
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from vlcli.cli import render
@@ -12,15 +13,35 @@ from vlcli.config import resolve
 from vlcli.config.resolve import Resolution
 
 
-def list_profiles() -> None:
+def list_profiles(as_json: bool = False) -> None:
+    """The built-in profiles: a table, or ``[{"name", "description", "path"}]`` as JSON."""
+    rows = []
+    for name in profile_mod.builtin_names():
+        _, path = profile_mod.find(name)
+        rows.append({"name": name, "description": profile_mod.summary(path), "path": str(path)})
+    if as_json:
+        render.print_json(rows)
+        return
     table = Table(title="Built-in profiles", title_justify="left")
     table.add_column("name", style="cyan", no_wrap=True)
     table.add_column("description")
-    for name in profile_mod.builtin_names():
-        _, path = profile_mod.find(name)
-        table.add_row(name, profile_mod.summary(path))
+    for row in rows:
+        table.add_row(row["name"], escape(row["description"]))
     render.out.print(table)
-    render.out.print(f"[dim]folder: {profile_mod.builtin_dir()}[/]")
+    render.out.print(f"[dim]folder: {escape(str(profile_mod.builtin_dir()))}[/]")
+
+
+def changed_only(data: dict[str, Any], res: Resolution) -> dict[str, Any]:
+    """``--changed --json``: config and sources of the arguments that differ from their default or were set."""
+    from vlcli.config.resolve import DEFAULT_SOURCE
+    from vlcli.config.settings import FIELDS
+
+    defaults = {name: spec.default for name, spec in FIELDS.items()}
+    keep = {name for name, value in data["config"].items()
+            if res.sources.get(name, DEFAULT_SOURCE) != DEFAULT_SOURCE
+            or (res.settings is not None and res.settings.get(name) != defaults.get(name))}
+    return {**data, "config": {k: v for k, v in data["config"].items() if k in keep},
+            "sources": {k: v for k, v in data["sources"].items() if k in keep}}
 
 
 @settings_options
@@ -48,12 +69,13 @@ def inspect_config(
 ) -> None:
     """Show the resolved configuration with each value's source, derived values, warnings and errors."""
     if show_profiles:
-        list_profiles()
+        list_profiles(as_json)
         return
     res = resolve("inspect-config", task, profile or [], overrides, adapter)
     params = _parameters(res)
     if as_json:
-        render.print_json({**res.to_json(), "parameters": params})
+        data = {**res.to_json(), "parameters": params}
+        render.print_json(changed_only(data, res) if changed else data)
         raise typer.Exit(2 if res.errors else 0)
     for table in render.section_tables(res, changed_only=changed):
         render.out.print(table)

@@ -1,9 +1,11 @@
 """The `vlcli` Typer application and its entry point (error handling, argument normalisation)."""
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+import typer.rich_utils
+from rich.table import Table
 from typer.core import TyperGroup, TyperOption
 
 from vlcli import __version__
@@ -15,6 +17,22 @@ from vlcli.cli.demo import demo_data
 from vlcli.cli.inspect_config import inspect_config
 from vlcli.cli.runs import runs
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
+
+
+class _HelpTable(Table):
+    """Typer's help tables, with the option-name columns never narrower than their longest name: rich would
+    otherwise cut names such as --additional_visual_embedding_layers at 80 columns (the help text wraps)."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*renderables, **kwargs)
+        for column, cell in zip(self.columns, renderables, strict=False):
+            text = getattr(cell, "plain", cell if isinstance(cell, str) else "")
+            if text.startswith("-"):
+                column.no_wrap = True
+                column.min_width = max(column.min_width or 0, len(text))
+
+
+typer.rich_utils.Table = _HelpTable  # type: ignore[attr-defined]
 
 app = typer.Typer(
     name="vlcli",

@@ -13,7 +13,7 @@ _STATUS_STYLE = {"finished": "green", "running": "cyan", "interrupted": "yellow"
 
 
 def runs(
-    folder: Optional[Path] = typer.Argument(None, metavar="DIR", help="Folder holding run directories [default: snap]."),
+    folder: Optional[Path] = typer.Argument(None, metavar="DIR", help="Folder holding run directories \\[default: snap]."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
 ) -> None:
     """List the runs under DIR: name, tasks, method, trainable share, best score, epochs, status, start time."""

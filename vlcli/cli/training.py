@@ -81,15 +81,15 @@ def _results_table(title: str, results: dict[str, Any]) -> Table:
     return table
 
 
-def _tears_down_processes(run: Callable[[Settings], T]) -> Callable[[Settings], T]:
+def _tears_down_processes(run: Callable[..., T]) -> Callable[..., T]:
     """``run`` then, whatever happens, the process group of a ``torchrun`` launch is torn down."""
 
     @functools.wraps(run)
-    def wrapper(settings: Settings) -> T:
+    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> T:
         from vlcli.train import dist
 
         try:
-            return run(settings)
+            return run(settings, *args, **kwargs)
         finally:
             dist.teardown()
 

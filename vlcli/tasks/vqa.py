@@ -68,15 +68,15 @@ class VQATask(Task):
         return reference is not None and bool(reference.get("answers") or reference.get("label"))
 
     def score(self, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any],
-              settings: Settings) -> dict[str, Any]:
-        """VQA accuracy against the human ``answers`` of the question records (evaluator version
-        ``vlt5``, what the paper reports), per answer type too; records without them (e.g. test-dev)
+              settings: Settings, mode: str | None = None) -> dict[str, Any]:
+        """VQA accuracy against the human ``answers`` of the question records (evaluator version ``mode``,
+        default ``vlt5``, what the paper reports), per answer type too; records without them (e.g. test-dev)
         are scored by the soft score of ``label`` (the original's "top-k score")."""
         from vlcli.metrics.vqa import DEFAULT_MODE, vqa_accuracy
 
         with_answers = {k: references[k] for k in predictions if references[k].get("answers")}
         if len(with_answers) == len(predictions):
-            result = vqa_accuracy(dict(predictions), with_answers, mode=DEFAULT_MODE)
+            result = vqa_accuracy(dict(predictions), with_answers, mode=mode or DEFAULT_MODE)
             out = {"accuracy": result["overall"]}
             out.update({f"accuracy/{t}": v for t, v in result["perAnswerType"].items()})
             return out

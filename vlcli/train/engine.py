@@ -236,6 +236,7 @@ class Engine:
         self._resume_rng: dict[str, Any] | None = None
         self._eval_loaders: dict[tuple[str, str, str | None], tuple[DataLoader, TaskDataset]] = {}
         self._compiled = False
+        self.score_options: dict[str, dict[str, Any]] = {}  # per task, e.g. {"vqa": {"mode": "official"}}
         self._t0 = time.perf_counter()
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -590,7 +591,8 @@ class Engine:
     def evaluate(self, task: str, role: str) -> tuple[dict[str, Any], dict[Hashable, Any], TaskDataset]:
         split = splits_for(self.settings, task)[role]
         predictions, ds = self.predict(task, split, role)
-        metrics = score(task, predictions, ds.references, self.settings) if self.ctx.is_main else {}
+        options = self.score_options.get(task, {})
+        metrics = score(task, predictions, ds.references, self.settings, **options) if self.ctx.is_main else {}
         return metrics, predictions, ds
 
     def _evaluate_all(self, role: str, write: bool = False) -> dict[str, Any]:

@@ -12,16 +12,18 @@ from typing import Any
 from vlcli.tasks import get_task
 
 
-def score(task: str, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any], settings: Any) -> dict:
+def score(task: str, predictions: Mapping[Hashable, Any], references: Mapping[Hashable, Any], settings: Any,
+          **options: Any) -> dict:
     """Metrics of ``predictions`` against the dataset's ``references`` (ids that have references only).
 
-    Returns ``{}`` when no prediction has a reference (a split without labels).
+    ``options``: evaluator options of the task (``mode`` of the VQA evaluator). Returns ``{}`` when no
+    prediction has a reference (a split without labels).
     """
     impl = get_task(task)
     scored = {k: v for k, v in predictions.items() if impl.labelled(references.get(k))}
     if not scored:
         return {}
-    return impl.score(scored, {k: references[k] for k in scored}, settings)
+    return impl.score(scored, {k: references[k] for k in scored}, settings, **options)
 
 
 def primary(task: str) -> tuple[str, float]:
