@@ -49,7 +49,7 @@ def test_two_thousand_random_configurations_never_raise_anything_but_vlcli_error
         except VlcliError:
             outcomes["error"] += 1
         except Exception as exc:  # the defect this test exists to catch
-            raise AssertionError(f"{type(exc).__name__}: {exc} for profiles={prof} adapter={adapter} {config!r}")
+            raise AssertionError(f"{type(exc).__name__}: {exc} for profiles={prof} adapter={adapter} {config!r}") from exc
         slowest = max(slowest, time.perf_counter() - t0)
     assert outcomes["ok"] > 40 and outcomes["error"] > 1000, outcomes  # both outcomes really occur
     assert slowest < 2.0, f"one configuration took {slowest:.1f} s"
