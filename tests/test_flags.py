@@ -178,3 +178,25 @@ def test_the_vqa_evaluator_version_reaches_the_score():
     vlt5 = score("vqa", preds, refs, None, mode="vlt5")
     official = score("vqa", preds, refs, None, mode="official")
     assert vlt5["accuracy"] != official["accuracy"]
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+def test_an_empty_training_split_stops_before_any_model_is_built(cli, run, tmp_path):
+    import shutil
+
+    data = tmp_path / "datasets"
+    shutil.copytree(run["common"][3], data)
+    (data / "vqa" / "karpathy_train.json").write_text("[]")
+    common = [*run["common"][:2], "--data_root", str(data), *run["common"][4:]]
+    res = cli("finetune", "vqa", *common, "--use_adapter", "--output", str(tmp_path / "r"))
+    assert res.code == 2
+    assert "train split 'karpathy_train'" in res.err and "karpathy_train.json" in res.err and "no examples" in res.err
+    assert not (tmp_path / "r").exists()  # nothing written: the directory it would have made is gone again
+
+
+def test_a_topk_that_selects_nothing_names_the_option(cli, run, tmp_path):
+    res = cli("finetune", "vqa", *run["common"], "--use_adapter", "--valid_topk", "0.01",
+              "--output", str(tmp_path / "r"))
+    assert res.code == 2 and "--valid_topk 0.01 selects none of its 4 examples" in res.err

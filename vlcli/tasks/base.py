@@ -313,6 +313,20 @@ class Task:
             return "train"
         return "valid" if split == self.splits.get("valid") else "test"
 
+    def _empty_split_message(self, settings: Settings, split: str, role: str, found: int, topk: Any) -> str:
+        """One line naming the empty split, the annotation file(s) it came from and what emptied it."""
+        try:
+            files = [str(p.path) for name in split_names(split) for p in self.required_paths(settings, name)
+                     if p.kind == "annotation"]
+        except Exception:  # noqa: BLE001 - the message must not fail; the split name is enough then
+            files = []
+        where = f" ({', '.join(files)})" if files else ""
+        if found:
+            option = f"--{role}_topk"
+            return (f"{self.name} {role} split {split!r}{where}: {option} {topk} selects none of its {found} "
+                    f"examples; use a larger {option} (or -1 for all)")
+        return f"{self.name} {role} split {split!r}{where} has no examples; check the file (or choose another split)"
+
     def build_dataset(
         self,
         settings: Settings,
@@ -342,7 +356,10 @@ class Task:
             references.update(refs)
         seed = settings.train.seed
         topk = {"train": settings.train.train_topk, "valid": settings.train.valid_topk}.get(role)
-        examples = select_topk(examples, topk, seed)
+        selected = select_topk(examples, topk, seed)
+        if not selected:
+            raise TaskDataError(self._empty_split_message(settings, split, role, len(examples), topk))
+        examples = selected
         if not train and topk is not None and topk > 0:
             kept = {ex.id for ex in examples}
             references = {k: v for k, v in references.items() if k in kept}
@@ -359,9 +376,12 @@ class Task:
             references=references,
         )
 
-    def data_path(self, settings: Settings, *parts: str) -> Path:
-        """``<data_root>/<parts...>`` (the original's relative layout, spec data-and-eval §0.1)."""
-        return Path(settings.dataset.data_root).expanduser().joinpath(*parts)
+    def data_path(self, settings: Settings, name: str, split: str = "") -> Path:
+        """The file of logical ``name`` (:data:`vlcli.data.layout.DEFAULT_PATHS`) for ``split``: the one place
+        every task file is resolved, so ``--data_paths`` moves what the loaders read, not only the preflight."""
+        from vlcli.data.layout import data_path
+
+        return data_path(settings, name, split)
 
     def input_text(self, settings: Settings, sent: str) -> str:
         """``{prompt}{sent}{post_prompt}`` with this task's prompt."""

@@ -56,7 +56,7 @@ class CaptionTask(Task):
     def load_examples(
         self, settings: Settings, split: str, *, train: bool
     ) -> tuple[list[Example], dict[Hashable, Any]]:
-        path = self.data_path(settings, "COCO", "dataset_coco.json")
+        path = self.data_path(settings, "caption.annotations")
         data = read_json(path, "Karpathy caption split file")
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):
             raise TaskDataError(f"{path}: expected an object with an 'images' list; use the Karpathy dataset_coco.json")

@@ -27,7 +27,7 @@ class GQATask(Task):
     def load_examples(
         self, settings: Settings, split: str, *, train: bool
     ) -> tuple[list[Example], dict[Hashable, Any]]:
-        path = self.data_path(settings, "GQA", f"{split}.json")
+        path = self.data_path(settings, "gqa.questions", split)
         records = read_json(path, f"GQA question file of split {split!r}")
         if not isinstance(records, list):
             raise TaskDataError(f"{path}: expected a JSON list of questions; use the LXMERT-format GQA/{split}.json")

@@ -36,7 +36,7 @@ class NLVRTask(Task):
     def load_examples(
         self, settings: Settings, split: str, *, train: bool
     ) -> tuple[list[Example], dict[Hashable, Any]]:
-        path = self.data_path(settings, "nlvr", f"{split}.json")
+        path = self.data_path(settings, "nlvr.annotations", split)
         records = read_json(path, f"NLVR2 file of split {split!r}")
         if not isinstance(records, list):
             raise TaskDataError(f"{path}: expected a JSON list of statements; use the original nlvr/{split}.json")

@@ -41,7 +41,7 @@ class VQATask(Task):
     def load_examples(
         self, settings: Settings, split: str, *, train: bool
     ) -> tuple[list[Example], dict[Hashable, Any]]:
-        path = self.data_path(settings, "vqa", f"{split}.json")
+        path = self.data_path(settings, "vqa.questions", split)
         records = read_json(path, f"VQA question file of split {split!r}")
         if not isinstance(records, list):
             raise TaskDataError(f"{path}: expected a JSON list of questions; use the original vqa/{split}.json")
