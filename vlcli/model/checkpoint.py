@@ -352,6 +352,30 @@ def _rename(
     return renamed
 
 
+def peft_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of the modules vlcli's PEFT injection added (adapters, LoRA, prompts, hyper-networks)."""
+    from vlcli.peft import PEFT_GROUPS
+
+    prefixes = [name for name, module in model.named_modules()
+                if getattr(module, "parameter_group", None) in PEFT_GROUPS]
+    return {key for key in model.state_dict(keep_vars=True)
+            if any(key == p or key.startswith(p + ".") for p in prefixes)}
+
+
+def _needed_keys(model: torch.nn.Module, model_state: dict[str, Any], kind: str, provided: set[str]) -> list[str]:
+    """What a checkpoint of ``kind`` must provide: everything (full), the trained set (adapter), or, for an
+    original full state dict, everything but the PEFT modules this run adds when the checkpoint has none of
+    them (a VL-pretrained backbone); one that has PEFT tensors was trained with them and must have them all."""
+    if kind == "full":
+        return list(model_state)
+    if kind == "original":
+        fresh = peft_keys(model)
+        if fresh & provided:
+            return list(model_state)
+        return [k for k in model_state if k not in fresh]
+    return [n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
+
+
 def load_checkpoint(
     model: torch.nn.Module,
     path: str | Path,
@@ -389,8 +413,11 @@ def load_checkpoint(
     model_state = model.state_dict(keep_vars=True)
     if manifest is not None:
         kind = manifest["kind"]
-    else:
-        kind = "full" if set(model_state) <= set(state) else "adapter"
+    elif set(model_state) <= set(state):
+        kind = "full"
+    else:  # an original VL-T5 / VL-Adapter .pth is a full state dict (less the PEFT modules this run adds);
+        # a vlcli .safetensors whose manifest was lost is read as adapter-only, as it was saved
+        kind = "original" if path.suffix == ".pth" else "adapter"
 
     unexpected = sorted(k for k in state if k not in model_state)
     skipped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
@@ -414,10 +441,7 @@ def load_checkpoint(
     for names in groups.values():
         if any(n in provided for n in names):
             covered.update(names)
-    if kind == "full":
-        needed = list(model_state)
-    else:
-        needed = [n for n, p in model.named_parameters(remove_duplicate=False) if p.requires_grad]
+    needed = _needed_keys(model, model_state, kind, provided)
     missing = sorted(k for k in needed if k not in covered)
 
     key_problem = strict and (missing or unexpected)
