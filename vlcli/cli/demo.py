@@ -21,6 +21,9 @@ def demo_data(
 
     if feature_type not in CLIP_TYPES:
         raise VlcliError(f"--feature_type {feature_type}: the demo world extracts CLIP features; use one of {', '.join(CLIP_TYPES)}")
+    from vlcli.train.rundir import check_output
+
+    check_output(root, "DIR")  # a file in the way or a read-only place: one line, before any work
     summary = ensure_world(root, feature_type, progress=render.ProgressBar("images"))
     table = Table(title=f"Demo world in {root}", title_justify="left", show_header=False)
     table.add_column("", style="cyan")

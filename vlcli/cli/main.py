@@ -141,6 +141,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         render.error_line("interrupted")
         return 130
+    except OSError as exc:  # an output that cannot be written (read-only place, full disk, a file in the way)
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        render.error_line(f"{where}{exc.strerror or exc}; check that the path is a writable folder with free space "
+                          "(--debug shows the traceback)")
+        return 2
 
 
 def run() -> None:
