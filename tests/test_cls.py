@@ -332,10 +332,10 @@ def test_cli_finetune_then_submit(cli, t5_dir, data_root, tmp_path):
     assert {"BEST.safetensors", "LAST.safetensors", "metrics.jsonl", "cls_predictions.json"} <= {p.name for p in run.iterdir()}
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= record["valid/cls"]["accuracy"] <= 100.0
-    (run / "cls_predictions.json").unlink()
-    res = cli("submit", "--load", str(run))
+    res = cli("submit", "--load", str(run))  # into a new <run>/submit/<time>/ folder
     assert res.code == 0, res.err
-    assert [r["image_id"] for r in json.loads((run / "cls_predictions.json").read_text())] == ["test_0", "test_1"]
+    [written] = list((run / "submit").glob("*/cls_predictions.json"))
+    assert [r["image_id"] for r in json.loads(written.read_text())] == ["test_0", "test_1"]
 
 
 def test_cli_submit_from_a_predictions_file(cli, data_root, tmp_path):

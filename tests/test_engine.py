@@ -105,7 +105,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(world, tmp_pat
 
 
 def test_missing_data_is_reported_before_any_model_is_built(cli, world, tmp_path):
-    res = cli("finetune", "vqa", *common(world), "--data_root", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"))
+    args = common(world)
+    args[args.index("--data_root") + 1] = str(tmp_path / "nowhere")
+    res = cli("finetune", "vqa", *args, "--output", str(tmp_path / "r"))
     assert res.code == 2 and "vqa/karpathy_train.json" in res.err
 
 
@@ -132,7 +134,8 @@ def test_torchrun_two_cpu_processes_count_each_example_once(world, tmp_path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "vlcli", "finetune", "vqa", *common(world, "t5"), "--batch_size", "3", "--epochs", "1",
+           "-m", "vlcli", "finetune", "vqa", *common(world, "t5")[:-6], "--batch_size", "3", "--num_workers", "0",
+           "--epochs", "1",
            "--use_adapter", "--gradient_accumulation_steps", "2", "--output", str(run)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

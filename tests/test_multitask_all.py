@@ -36,7 +36,8 @@ def test_seven_task_mix_trains_validates_tests_and_reloads(cli, world, tmp_path)
     # the run reloads for evaluation with the same per-task settings (text lengths, prompts)
     res = cli("eval", "--test_only", "--load", str(run))
     assert res.code == 0, res.err
-    again = json.loads((run / "eval_metrics.json").read_text())
+    [metrics] = list((run / "eval").glob("*/eval_metrics.json"))
+    again = json.loads(metrics.read_text())
     for task in ("vqa", "refcoco", "cls"):
         assert again[f"test/{task}"] == pytest.approx(test[f"test/{task}"], abs=1e-6), task
 

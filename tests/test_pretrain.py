@@ -460,7 +460,9 @@ def test_unknown_loss_and_other_features_exit_2_with_the_fix(cli, world, tmp_pat
 
 
 def test_missing_files_are_listed_before_any_model_is_built(cli, world, tmp_path):
-    res = cli(*cli_args(world, tmp_path / "r"), "--data_root", str(tmp_path / "nowhere"))
+    args = cli_args(world, tmp_path / "r")
+    args[args.index("--data_root") + 1] = str(tmp_path / "nowhere")
+    res = cli(*args)
     assert res.code == 2
     for name in (
         "lxmert/mscoco_resplit_train.json",
@@ -584,8 +586,8 @@ def test_pretraining_on_raw_images_drops_grounding(cli, world, tmp_path):
     run = tmp_path / "raw"
     args = ["pretrain", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
             "raw_RN50", "--clip_random_init", "--image_size", "64,64", "--batch_size", "8", "--epochs", "1",
-            "--output", str(run)]
-    res = cli(*args, "--losses", "lm,qa,itm,refer")
+            ]
+    res = cli(*args, "--losses", "lm,qa,itm,refer", "--output", str(run))
     assert res.code == 0, res.err
     assert "--losses refer dropped with --feature_type raw_RN50" in res.err
     valid = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["valid/pretrain"]

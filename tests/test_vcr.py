@@ -614,7 +614,8 @@ def test_finetune_then_submit_through_the_cli(cli, backbones, data_root, tmp_pat
     # `submit --load RUN` predicts the test split again and writes the leaderboard CSV
     res = cli("submit", "--load", str(run))
     assert res.code == 0, res.err
-    with (run / "vcr_test_submit.csv").open(newline="") as fh:
+    [written] = list((run / "submit").glob("*/vcr_test_submit.csv"))  # a new folder: the run stays as it was
+    with written.open(newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == CSV_HEADER and [r[0] for r in rows[1:]] == ["test-0", "test-1"]
     for row in rows[1:]:
