@@ -14,6 +14,7 @@ from vlcli.cli.argv import normalize
 from vlcli.cli.commands import evaluate, extract_features, finetune, pretrain, submit
 from vlcli.cli.convert import convert
 from vlcli.cli.demo import demo_data
+from vlcli.cli.export import export
 from vlcli.cli.inspect_config import inspect_config
 from vlcli.cli.runs import runs
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
@@ -68,9 +69,10 @@ app.command("submit")(submit)
 app.command("convert")(convert)
 app.command("demo-data")(demo_data)
 app.command("runs")(runs)
+app.command("export")(export)
 
 COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert", "demo-data",
-                 "runs")
+                 "runs", "export")
 
 
 def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:

@@ -46,6 +46,7 @@ USED_BY: dict[str, frozenset[str]] = {
     "convert": frozenset(),  # takes no settings (its options are its own)
     "demo-data": frozenset(),
     "runs": frozenset(),
+    "export": frozenset(),
 }
 
 
