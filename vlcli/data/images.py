@@ -12,7 +12,7 @@ Transforms (``S`` = ``image_size``):
   ratio not kept — the original), RGB, [0, 1], CLIP mean/std;
 * training with ``use_data_augmentation``: the same resize, then a random crop of S×S after
   reflect-padding by ``int(0.0625·S)`` pixels, normalisation, and random erasing (p = 0.5, torchvision's
-  defaults), as the original. Horizontal flips: the original flipped every task's images although
+  defaults) — torchvision's transforms in the original's order, so the same seed gives the same pixels. Horizontal flips: the original flipped every task's images although
   questions and statements talk about left and right; here flips are on only for ``cls`` unless
   ``augment_hflip`` asks for them everywhere.
 
@@ -32,7 +32,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vlcli.data.features import FeatureError, FeatureStore
-from vlcli.features.images import CLIP_MEAN, CLIP_STD, IMAGE_SUFFIXES, Preprocess
+from vlcli.features.images import CLIP_MEAN, CLIP_STD, IMAGE_SUFFIXES, Preprocess, clip_pipeline
 
 if TYPE_CHECKING:
     from vlcli.data.layout import DataPath
@@ -42,29 +42,26 @@ FLIP_SAFE_TASKS = ("cls",)
 
 
 class ImageTransform:
-    """Pixels of one image: the eval transform, or with ``augment`` the original's training augmentation."""
+    """Pixels of one image: the eval transform, or with ``augment`` the original's training augmentation
+    (torchvision's transforms in the original's order; horizontal flips only with ``hflip``)."""
 
     def __init__(self, size: int, augment: bool = False, hflip: bool = False):
+        from torchvision import transforms as T
+
         self.size = size
         self.augment = augment
         self.hflip = hflip
         self.base = Preprocess(size, "squash", CLIP_MEAN, CLIP_STD)
+        if augment:
+            steps = ([T.RandomHorizontalFlip()] if hflip else []) + [
+                T.RandomCrop(size, padding=int(size * 0.0625), padding_mode="reflect")]
+            self.pipeline = T.Compose([clip_pipeline(size, "squash", CLIP_MEAN, CLIP_STD, tuple(steps)),
+                                       T.RandomErasing()])
+        else:
+            self.pipeline = self.base
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        pixels = self.base(image)  # (3, S, S), normalised
-        if not self.augment:
-            return pixels
-        if self.hflip and bool(torch.rand(()) < 0.5):
-            pixels = pixels.flip(-1)
-        pad = int(0.0625 * self.size)
-        if pad:
-            # Reflect-padding of the normalised image equals normalising the padded one (per-channel affine).
-            padded = torch.nn.functional.pad(pixels[None], (pad, pad, pad, pad), mode="reflect")[0]
-            top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-            pixels = padded[:, top : top + self.size, left : left + self.size]
-        from torchvision.transforms import RandomErasing
-
-        return RandomErasing(p=0.5)(pixels.contiguous())
+        return self.pipeline(image)
 
     def describe(self) -> dict[str, object]:
         return {**self.base.describe(), "augment": self.augment, "hflip": self.hflip and self.augment}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -28,6 +28,24 @@ loaders, spec §3.1 / §2.6) then a (no-op) center crop; ``crop``: resize the sh
 center-crop S x S (CLIP's own preprocessing; drops the borders of non-square images)."""
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB (after the resize, as the original's loaders did: grey, palette and RGBA images are resized first)."""
+    return image.convert("RGB")
+
+
+def clip_pipeline(size: int, resize: str, mean: tuple[float, ...] = CLIP_MEAN, std: tuple[float, ...] = CLIP_STD,
+                  augment: tuple[Any, ...] = ()) -> Any:
+    """torchvision's CLIP preprocessing, as the original VL-Adapter raw-image loaders and open_clip compose it:
+    ``Resize`` (bicubic; ``squash``: to exactly S x S, ``crop``: the shorter side to S, the longer one truncated
+    as CLIP does), ``CenterCrop(S)``, RGB, ``ToTensor``, ``Normalize``; ``augment``: PIL transforms inserted
+    after the resize (the original's training flips and reflect-padded crops)."""
+    from torchvision import transforms as T
+
+    target = (size, size) if resize == "squash" else size
+    return T.Compose([T.Resize(target, interpolation=T.InterpolationMode.BICUBIC), *augment, T.CenterCrop(size),
+                      to_rgb, T.ToTensor(), T.Normalize(mean, std)])
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize + center crop to ``size`` (bicubic), RGB, to [0, 1], CLIP mean/std normalisation."""
@@ -40,25 +58,10 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ExtractionError(f"--resize {self.resize}: use one of {', '.join(RESIZE_MODES)}")
+        object.__setattr__(self, "_pipeline", clip_pipeline(self.size, self.resize, self.mean, self.std))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
-        s = self.size
-        if self.resize == "squash":
-            image = image.resize((s, s), Image.Resampling.BICUBIC)
-        else:
-            w, h = image.size
-            scale = s / min(w, h)
-            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
-            image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-        # center crop (a no-op after squash)
-        w, h = image.size
-        left, top = (w - s) // 2, (h - s) // 2
-        if (w, h) != (s, s):
-            image = image.crop((left, top, left + s, top + s))
-        array = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-        array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return self._pipeline(image)  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, object]:
         """The preprocessing as manifest data."""
