@@ -298,7 +298,7 @@ def extract_features(
                                 random_init or bool(settings.get("clip_random_init")), int(settings.get("seed"))),
         image_size=image_size,
         batch_size=int(settings.get("batch_size")) if "batch_size" in explicit else None,
-        num_workers=int(settings.get("num_workers")),
+        num_workers=_extraction_workers(settings.get("num_workers"), device),
         device=device,
         precision=precision,
         dtype=dtype,
@@ -328,3 +328,14 @@ def extract_features(
         render.err.print(f"[bold yellow]warning:[/] skipped {n} unreadable image{'s' if n != 1 else ''}: {escape(shown + more)}")
     if not result.written and not result.existing and not result.failed:  # pragma: no cover - list_images guards this
         render.out.print("nothing to extract")
+
+
+def _extraction_workers(value: Any, device: str) -> int:
+    """``--num_workers auto`` for extraction: image decoding beside a GPU (cores - 1, at most 8); none on the CPU."""
+    import os
+
+    if value != "auto":
+        return int(value)
+    if device == "cpu" or (device == "auto" and not __import__("torch").cuda.is_available()):
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))

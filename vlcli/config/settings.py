@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlcli.config.types import Bool, ImageSize, OptInt, OptStr, PathMap, TaskList, TopK
+from vlcli.config.types import Bool, ImageSize, OptInt, OptStr, PathMap, TaskList, TopK, Workers
 
 
 def F(default: Any, description: str) -> Any:  # noqa: N802 - reads like a declaration
@@ -45,7 +45,7 @@ class TrainSettings(Section):
     multiGPU: Bool = F(False, "Compatibility flag of the original; DDP is automatic under torchrun.")  # noqa: N815
     fp16: Bool = F(False, "Mixed precision in float16 with a gradient scaler (bf16 is the GPU default).")
     distributed: Bool = F(False, "Compatibility flag: require a distributed launch (torchrun / accelerate).")
-    num_workers: int = F(0, "DataLoader worker processes for training data.")
+    num_workers: Workers = F(0, "DataLoader worker processes: a count, or auto (from the CPU cores; 0 on CPU-only runs).")
     local_rank: int = F(-1, "Process rank set by the launcher; -1 = taken from the environment.")
     output: str = F("snap/test", "Run directory: config, metrics, checkpoints, predictions, submissions.")
     load: OptStr = F(None, "Checkpoint to start from: run dir (BEST, else LAST), file with/without extension, or auto.")

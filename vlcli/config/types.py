@@ -153,3 +153,24 @@ PathMap = Annotated[
     BeforeValidator(parse_path_map),
     PlainSerializer(lambda v: ",".join(f"{k}={p}" for k, p in v.items()), return_type=str),
 ]
+
+
+def parse_workers(value: Any) -> int | str:
+    """``num_workers``: a count, or ``auto`` (chosen from the CPU cores when the run starts)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool):
+        raise ValueError("num_workers must be a count or auto")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError(f"'{value}' is not a worker count; use a number such as 4, or auto") from None
+    raise ValueError(f"{value!r} is not a worker count; use a number such as 4, or auto")
+
+
+Workers = Annotated[int | str, BeforeValidator(parse_workers)]

@@ -201,9 +201,43 @@ class TaskDataset(Dataset):
             item["weight"] = weight
         return item
 
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """A whole batch at once (the DataLoader calls this instead of ``__getitem__`` per example): the
+        features of every image read in one pass into one float16 buffer, the texts tokenised in one call.
+        The items equal ``[self[i] for i in indices]`` (features in their stored dtype); examples with several
+        images, stores without a batch reader and datasets that build their own items take that path."""
+        examples = [self.examples[i] for i in indices]
+        read = getattr(self.store, "read_batch", None)
+        own_items = type(self).__getitem__ is not TaskDataset.__getitem__
+        if read is None or own_items or any(len(ex.image_ids) != 1 for ex in examples):
+            return [self[i] for i in indices]
+        visual = read([ex.image_ids[0] for ex in examples])
+        if visual is None:
+            return [self[i] for i in indices]
+        feats, boxes = visual
+        inputs = self.tokenizer.encode_many([ex.text for ex in examples], self.max_text_length)
+        items = PreparedBatch(
+            {"id": ex.id, "input_ids": ids, "feats": feats[k], "boxes": boxes[k], "target": None, "target_ids": None,
+             "weight": 1.0} for k, (ex, ids) in enumerate(zip(examples, inputs, strict=True)))
+        items.feats, items.boxes = feats, boxes
+        if self.train:
+            chosen = [self.choose_target(ex) for ex in examples]  # the same draws, in the same order
+            targets = self.tokenizer.encode_many([t for t, _ in chosen], self.target_max_length)
+            for item, (target, weight), ids in zip(items, chosen, targets, strict=True):
+                item.update(target=target, target_ids=ids, weight=weight)
+        return items
+
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``collate_fn`` for a DataLoader over this dataset."""
         return self.task.collate(items, self.tokenizer.pad_token_id)
+
+
+class PreparedBatch(list):
+    """Items of :meth:`TaskDataset.__getitems__` plus their features and boxes as one (B, N, F) / (B, N, 4)
+    array each, so collate stacks nothing."""
+
+    feats: np.ndarray
+    boxes: np.ndarray
 
 
 def seed_worker(worker_id: int) -> None:
@@ -406,6 +440,9 @@ class Task:
             "input_ids": input_ids,
             "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
         }
+        if isinstance(items, PreparedBatch):  # one buffer already (float16 stays float16 until the device)
+            batch["vis_feats"], batch["vis_pos"] = torch.from_numpy(items.feats), torch.from_numpy(items.boxes)
+            return self._labels(batch, items)
         feats = [np.asarray(it["feats"], np.float32) for it in items]
         boxes = [np.asarray(it["boxes"], np.float32) for it in items]
         if len({f.shape for f in feats}) == 1:
@@ -415,6 +452,10 @@ class Task:
             f, b, mask = pad_visual(feats, boxes)
             batch["vis_feats"], batch["vis_pos"] = torch.from_numpy(f), torch.from_numpy(b)
             batch["vis_attention_mask"] = torch.from_numpy(mask)
+        return self._labels(batch, items)
+
+    def _labels(self, batch: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Training items' ``labels`` (padded with -100), ``targets`` and (weighted tasks) ``loss_weights``."""
         if all(it["target_ids"] is not None for it in items):
             batch["labels"] = pad_ids([it["target_ids"] for it in items], IGNORE_INDEX)
             batch["targets"] = [it["target"] for it in items]

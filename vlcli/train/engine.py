@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Hashable, Iterable, Iterator
 from contextlib import nullcontext
@@ -115,6 +116,17 @@ def tests_enabled(settings: Any) -> bool:
     """False when the user said ``--test none`` (the default, none, means the task's test split)."""
     explicit = settings.derived.explicit if settings.derived is not None else []
     return not ("test" in explicit and settings.get("test") is None)
+
+
+def resolve_workers(value: int | str, ctx: dist.Context) -> int:
+    """``--num_workers``: a count, or ``auto`` = the CPU cores per process less one for the training process,
+    at most 8, and 0 on CPU-only runs (the loader would take cores from the model's own computation)."""
+    if value != "auto":
+        return int(value)
+    if ctx.device.type == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, torch.cuda.device_count() if ctx.distributed else 1) - 1))
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -238,6 +250,7 @@ class Engine:
         self._compiled = False
         self.score_options: dict[str, dict[str, Any]] = {}  # per task, e.g. {"vqa": {"mode": "official"}}
         self._t0 = time.perf_counter()
+        self.num_workers = resolve_workers(settings.get("num_workers"), self.ctx)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
 
@@ -275,8 +288,10 @@ class Engine:
             sampler = EpochSampler(len(dataset), seed)
         else:
             sampler = None  # type: ignore[assignment]
-        workers = self.settings.get("num_workers")
-        extra = {"persistent_workers": True, "prefetch_factor": self.settings.get("prefetch")} if workers else {}
+        workers = self.num_workers
+        # Training workers restart each epoch: they must fork after the datasets' per-epoch reseed, which keeps
+        # the target draws (and a resume) the same for a given --num_workers. Evaluation workers persist.
+        extra = {"persistent_workers": not train, "prefetch_factor": self.settings.get("prefetch")} if workers else {}
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
                           collate_fn=dataset.collate, num_workers=workers,
                           worker_init_fn=seed_worker if workers else None, pin_memory=self.ctx.device.type == "cuda",

@@ -1,0 +1,125 @@
+"""Batched loading (TaskDataset.__getitems__) gives exactly the batches of per-item loading, for every store."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.tiny import make_backbone_dir
+from tests.world import FEATURE_TYPE, add_region_and_cls_tasks, make_world
+from vlcli import api
+from vlcli.data.features import write_consolidated
+from vlcli.tasks import get_task
+from vlcli.tasks.base import PreparedBatch
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batched")
+    data = add_region_and_cls_tasks(make_world(root / "datasets", n_train=10, n_eval=4))
+    folder = data / "COCO/clip_features/data_clip_RN50_att"
+    arrays = {}
+    for path in sorted(folder.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            arrays[path.stem] = f["features"][()]
+    write_consolidated(data / "coco_consolidated.h5", arrays.items())
+    return {"data": data, "t5": make_backbone_dir(root / "t5", "t5")}
+
+
+def dataset(world, task, split, train, **extra):
+    values = {"backbone": str(world["t5"]), "data_root": str(world["data"]), "feature_type": FEATURE_TYPE, **extra}
+    settings = api.load_settings(task=task, **values)
+    impl = get_task(task)
+    store = impl.open_store(settings, split, train=train)
+    return impl.build_dataset(settings, split, api.build_tokenizer(settings), store, train=train)
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, torch.Tensor):
+            assert x.shape == y.shape and torch.equal(x.float(), y.float()), key
+        else:
+            assert x == y, key
+
+
+CASES = [("vqa", "karpathy_train", True, {}), ("vqa", "karpathy_val", False, {}),
+         ("vqa", "karpathy_train", True, {"data_paths": "coco.clip={root}/coco_consolidated.h5"}),
+         ("gqa", "train", True, {}), ("nlvr", "train", True, {}), ("caption", "train", True, {}),
+         ("refcoco", "train", True, {"feature_type": "butd", "n_boxes": 4}), ("cls", "train", True, {})]
+
+
+@pytest.mark.parametrize(("task", "split", "train", "extra"), CASES, ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_batched_and_per_item_batches_are_identical(world, task, split, train, extra):
+    extra = {k: v.format(root=world["data"]) if isinstance(v, str) else v for k, v in extra.items()}
+    ds = dataset(world, task, split, train, **extra)
+    indices = [i for i in (3, 0, 2, 1) if i < len(ds)]
+    ds.reseed(5)
+    one_by_one = ds.collate([ds[i] for i in indices])
+    ds.reseed(5)
+    items = ds.__getitems__(indices)
+    batched = ds.collate(items)
+    same(batched, one_by_one)
+    single_image_store = task in ("vqa", "gqa", "caption", "cls")
+    assert isinstance(items, PreparedBatch) == single_image_store  # the fast path where it applies
+    if single_image_store:
+        assert batched["vis_feats"].dtype == torch.float16  # float16 from disk to the device
+
+
+def test_a_batch_reads_each_file_through_the_fast_path_after_the_first(world, monkeypatch):
+    ds = dataset(world, "vqa", "karpathy_train", True)
+    ds.__getitems__(list(range(len(ds))))  # first epoch: learns where every array lies
+    import vlcli.data.features as features
+
+    calls = []
+    monkeypatch.setattr(features.h5py, "File", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    again = ds.__getitems__(list(range(len(ds))))
+    assert calls == [] and again.feats.shape[0] == len(ds)
+
+
+def test_a_file_that_went_away_is_named(world, tmp_path):
+    import shutil
+
+    data = tmp_path / "datasets"
+    shutil.copytree(world["data"], data)
+    settings = api.load_settings(task="vqa", backbone=str(world["t5"]), data_root=str(data), feature_type=FEATURE_TYPE)
+    impl = get_task("vqa")
+    ds = impl.build_dataset(settings, "karpathy_train", api.build_tokenizer(settings),
+                            impl.open_store(settings, "karpathy_train", train=True), train=True)
+    ds.__getitems__([0, 1])
+    (data / "COCO/clip_features/data_clip_RN50_att" / f"{ds.examples[0].image_ids[0]}.h5").unlink()
+    with pytest.raises(Exception, match=ds.examples[0].image_ids[0]):
+        ds.__getitems__([0, 1])
+
+
+def test_encode_many_equals_encode(world):
+    settings = api.load_settings(task="vqa", backbone=str(world["t5"]))
+    tok = api.build_tokenizer(settings)
+    texts = ["what color is the object?", "", "a b c d e f g h i j k l m n o p", "vqa: is it red?"]
+    for length in (None, 5):
+        assert tok.encode_many(texts, length) == [tok.encode(t, length) for t in texts]
+
+
+def test_training_with_batched_loading_matches_per_item_loading(world, tmp_path, monkeypatch):
+    """The loss curve and weights of a run are unchanged by the batched path (fp32 on CPU)."""
+    from safetensors.torch import load_file
+
+    from vlcli.tasks.base import TaskDataset
+    from vlcli.train.engine import Engine
+
+    def run(out):
+        settings = api.load_settings(task="vqa", backbone=str(world["t5"]), data_root=str(world["data"]),
+                                     feature_type=FEATURE_TYPE, batch_size=4, epochs=2, use_adapter=True,
+                                     output=str(out))
+        history = Engine(settings).fit()
+        return [r["train_loss"] for r in history.records], load_file(str(out / "LAST.safetensors"))
+
+    batched = run(tmp_path / "batched")
+    monkeypatch.delattr(TaskDataset, "__getitems__")
+    per_item = run(tmp_path / "per_item")
+    assert batched[0] == per_item[0]
+    assert all(torch.equal(batched[1][k], per_item[1][k]) for k in batched[1])
+    assert np.isfinite(batched[0]).all()
