@@ -105,3 +105,41 @@ def test_compile_that_fails_falls_back_to_eager_with_a_warning(world, tmp_path, 
     a = load_file(str(tmp_path / "compiled" / "LAST.safetensors"))
     b = load_file(str(tmp_path / "eager" / "LAST.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_frozen_bf16_stores_frozen_weights_in_bf16_when_training_in_bf16(world, tmp_path):
+    """CPU autocast stands in for the GPU's bf16 here; the trained weights stay float32."""
+    engine = Engine(settings(world, tmp_path / "run", frozen_dtype="bf16", epochs=1))
+    engine.amp_dtype = torch.bfloat16
+    history = engine.fit()
+    frozen = [p for p in engine.module.parameters() if not p.requires_grad]
+    trained = [p for p in engine.module.parameters() if p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen if p.is_floating_point())
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert history.records[-1]["train_loss"] is not None and np.isfinite(history.records[-1]["train_loss"])
+
+
+def test_frozen_bf16_without_bf16_training_is_reported_and_changes_nothing(world, tmp_path):
+    messages = []
+
+    class Collect:
+        def __getattr__(self, name):
+            return (lambda text: messages.append(text)) if name == "message" else (lambda *a, **k: None)
+
+    engine = Engine(settings(world, tmp_path / "run", frozen_dtype="bf16", epochs=1), reporter=Collect())
+    engine.fit()
+    assert any("--frozen_dtype bf16 ignored" in m for m in messages)
+    assert all(p.dtype == torch.float32 for p in engine.module.parameters())
+
+
+def test_resume_is_bit_identical_with_loader_workers_and_prefetch(world, tmp_path):
+    from vlcli.train.engine import Interrupted
+
+    full = settings(world, tmp_path / "full", num_workers=2, prefetch=2, epochs=2)
+    Engine(full).fit()
+    cut = settings(world, tmp_path / "cut", num_workers=2, prefetch=2, epochs=2)
+    with pytest.raises(Interrupted):
+        Engine(cut).fit(stop_after_steps=8)  # mid epoch 2 (6 steps per epoch)
+    Engine(cut).fit(resume=True)
+    a, b = load_file(str(tmp_path / "full" / "LAST.safetensors")), load_file(str(tmp_path / "cut" / "LAST.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

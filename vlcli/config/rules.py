@@ -687,6 +687,8 @@ def _r42(c: RuleContext):
             f"--feature_type {ft!r} is not one of {', '.join(FEATURE_TYPES)}{_suggest(ft, FEATURE_TYPES)}",
             "feature_type",
         )
+    if c.v("frozen_dtype") not in ("fp32", "bf16"):
+        yield E("R42", f"--frozen_dtype {c.v('frozen_dtype')!r} must be fp32 or bf16.", "frozen_dtype")
     if c.v("cls_task") not in CLS_TASKS:
         yield E("R42", f"--cls_task {c.v('cls_task')!r} must be one of {', '.join(CLS_TASKS)}.", "cls_task")
     vat = c.v("vis_adapter_type")

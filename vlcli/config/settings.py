@@ -55,6 +55,7 @@ class TrainSettings(Section):
     report_to: str = F("none", "Experiment tracking: none, tensorboard, wandb (comma-separated for several); rank 0 only.")
     sync_every: int = F(20, "Optimiser steps between host syncs (non-finite-loss check, loss logging); a NaN loses at most this many steps.")
     compile: Bool = F(False, "torch.compile the model for training (falls back to eager with a warning where it fails).")
+    frozen_dtype: str = F("fp32", "Storage of the frozen weights: fp32, or bf16 when training in bf16 (a GPU): half their memory.")
     prefetch: int = F(4, "Batches each DataLoader worker prepares ahead (with num_workers > 0; workers persist across epochs).")
     comment: str = F("", "Free text appended to the automatic run name.")
     batch_size: int = F(256, "Training batch size per process (multitask derives per-task sizes from it).")

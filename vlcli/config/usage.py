@@ -16,6 +16,7 @@ OPTIMISATION = frozenset({
     "train", "train_topk", "optim", "warmup_ratio", "weight_decay", "clip_grad_norm", "gradient_accumulation_steps",
     "lr", "vis_lr", "vis_weight_decay", "adam_eps", "adam_beta1", "adam_beta2", "epochs", "dropout",
     "log_train_accuracy", "dry", "resume", "overwrite", "save_full", "best_metric", "sync_every", "compile",
+    "frozen_dtype",
     "report_to", "run_name", "comment", "multitask_sampling", "use_separate_optimizer_for_visual",
     "use_adam_for_visual", "use_data_augmentation", "augment_hflip", "from_scratch", "deepspeed",
     "shuffle_boxes", "freeze_bn_statistics", "freeze_ln_statistics", "track_z", "lambda_z",

@@ -262,8 +262,6 @@ class Engine:
         if self.settings.get("fp16"):
             return torch.float16
         return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-
-
     # ------------------------------------------------------------------------------------ data
 
     def dataset(self, task: str, split: str, train: bool, role: str | None = None) -> TaskDataset:
@@ -385,8 +383,22 @@ class Engine:
             return nullcontext()
         return torch.autocast(self.ctx.device.type, dtype=self.amp_dtype)
 
+    def _store_frozen(self) -> None:
+        """``--frozen_dtype bf16``: the frozen weights stored in bfloat16 (half their memory) when training in
+        bfloat16 anyway; the trained ones stay float32 for the optimiser."""
+        if self.settings.get("frozen_dtype") != "bf16":
+            return
+        if self.amp_dtype != torch.bfloat16:
+            self.reporter.message("--frozen_dtype bf16 ignored: it needs bfloat16 training (a GPU with bf16, "
+                                  "without --fp16); the frozen weights stay float32")
+            return
+        for param in self.module.parameters():
+            if not param.requires_grad and param.is_floating_point():
+                param.data = param.data.to(torch.bfloat16)
+
     def _plan(self) -> TrainingPlan:
         s = self.settings
+        self._store_frozen()
         self._wrap()
         if s.get("compile") and not self._compiled:
             self.model = torch.compile(self.model)
