@@ -62,7 +62,8 @@ def make_tokenizer(family: str, path: Path, full: bool) -> None:
         from transformers import T5Tokenizer
 
         small = train_t5_tokenizer(path / "small", corpus())
-        vocab = [(small.convert_ids_to_tokens(i), -1.0) for i in range(small.sp_model.get_piece_size())]
+        scored = json.loads(small.backend_tokenizer.to_str())["model"]["vocab"]  # [[piece, score], ...]
+        vocab = [(piece, float(score)) for piece, score in scored if not piece.startswith("<extra_id_")]
         vocab += [(f"\u2581\u3400{i}", -100.0) for i in range(REAL_VOCAB["t5"] - 100 - len(vocab))]
         vocab += [(f"<extra_id_{k}>", 0.0) for k in reversed(range(100))]
         T5Tokenizer(vocab=vocab, extra_ids=100).save_pretrained(str(path))
@@ -77,7 +78,8 @@ def make_tokenizer(family: str, path: Path, full: bool) -> None:
         for i in range(REAL_VOCAB["bart"] - 1 - len(vocab)):
             vocab[f"\u3400{i}"] = len(vocab)
         vocab["<mask>"] = len(vocab)
-        merges = [tuple(m.split()) for m in (path / "merges.txt").read_text().splitlines()[1:] if m.strip()]
+        model = json.loads(tok.backend_tokenizer.to_str())["model"]
+        merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
         BartTokenizer(vocab=vocab, merges=merges).save_pretrained(str(path))
 
 

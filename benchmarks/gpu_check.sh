@@ -4,8 +4,9 @@
 #   2. run the tests whose code paths change on CUDA (the engine picks the GPU and bf16 autocast,
 #      the in-model CLIP encoder, extraction) — caption metrics need Java, so runs that score captions
 #      are deselected;
-#   3. the GPU benchmarks: training step vs bare transformers (T5-base, BART-base), raw images vs
-#      precomputed features, CLIP extraction throughput.
+#   3. the GPU benchmarks: e2e.py at full size (Engine.fit, BART-base / T5-base LoRA r128, batch 500, with and
+#      without --compile), training step vs bare transformers (T5-base, BART-base), raw images vs precomputed
+#      features, CLIP extraction throughput.
 # Usage on the device machine, from the repository root:  bash benchmarks/gpu_check.sh  (output in $OUT/log)
 set -u
 OUT=${OUT:-/tmp/out}
@@ -28,6 +29,11 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_raw.py tests/tes
   -k "not multitask and not caption and not torchrun" --tb=line 2>&1 | tail -25
 
 [ "${BENCH:-1}" = 0 ] && exit 0
+
+echo "== end to end: Engine.fit vs the pure step and a bare transformers+LoRA step (targets in the README)"
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch t5-base --batch 500 --steps 10 --images 2000
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000 --compile
 
 echo "== benchmarks"
 timeout 90 python3 benchmarks/train_step.py --backbone t5-base --batch 128 --steps 10 --device cuda --bf16
