@@ -13,7 +13,8 @@ presets) and a tokenizer trained here whose vocabulary is padded to the real siz
 - ``loop/step ratio``: the epoch time of ``Engine.fit`` (default settings) / the time of the pure model step
   (forward, backward, optimiser) on the same batches collated beforehand; ``data wait`` = the difference
   per step;
-- ``bare/vlcli``: a bare transformers + LoRA step (peft, inputs_embeds of the same length) vs the vlcli step;
+- ``vlcli step / bare``: the vlcli step vs a bare transformers + peft LoRA step that projects the same features
+  with a trained Linear and feeds ``[text; visual]`` as ``inputs_embeds``;
 - ``predict/generate ratio``: ``Engine.predict`` on the validation split / generation alone on the same
   batches collated beforehand;
 - peak GPU memory on CUDA.
@@ -187,14 +188,15 @@ def bare_step(engine: Engine, batch: dict, device: torch.device, steps: int) -> 
     bare = type(lm)(config).to(device)
     targets = ["q", "v"] if family == "t5" else ["q_proj", "v_proj"]
     bare = get_peft_model(bare, LoraConfig(r=engine.settings.get("lora_dim"), lora_alpha=32, target_modules=targets))
-    opt = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad], lr=1e-4)
     b = to_device(batch, device)
-    n, length = b["input_ids"].shape[0], b["input_ids"].shape[1] + b["vis_feats"].shape[-2]
-    embeds = torch.randn(n, length, config.d_model, device=device)
-    labels = b["labels"]
+    # what a bare user writes: a trained projection of the features, concatenated after the text embeddings
+    projection = torch.nn.Linear(b["vis_feats"].shape[-1], config.d_model).to(device)
+    opt = torch.optim.AdamW([p for p in bare.parameters() if p.requires_grad] + list(projection.parameters()), lr=1e-4)
+    embed, labels = bare.get_input_embeddings(), b["labels"]
 
     def step():
         with engine._autocast():
+            embeds = torch.cat([embed(b["input_ids"]), projection(b["vis_feats"])], dim=1)
             loss = bare(inputs_embeds=embeds, labels=labels).loss
         loss.backward()
         opt.step()

@@ -333,6 +333,7 @@ class CLIPStore(FeatureStore):
         self.hint = hint
         self._expected_dim = feat_dim
         self._layouts: dict[str, _Layout] = {}
+        self._folder = str(self.directory)
 
     @property
     def feat_dim(self) -> int:  # type: ignore[override]
@@ -399,12 +400,11 @@ class CLIPStore(FeatureStore):
         return out, np.zeros((len(ids), layouts[0].shape[0], 4), np.float32)
 
     def _read_into(self, image_id: str, lay: _Layout, out: np.ndarray) -> None:
-        path = self._file_of(image_id)
         if lay.offset is None:
-            with h5py.File(path, "r") as f:
+            with h5py.File(self._file_of(image_id), "r") as f:
                 (f[image_id]["features"] if image_id in f else f["features"]).read_direct(out)
             return
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(os.path.join(self._folder, image_id + ".h5"), os.O_RDONLY)
         try:
             _pread_into(fd, lay.offset, out)
         finally:

@@ -266,10 +266,10 @@ def pad_visual(
 def pad_ids(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     """(B, max len) LongTensor of ``seqs`` right-padded with ``value``."""
     width = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    out = np.full((len(seqs), width), value, dtype=np.int64)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-    return out
+        out[i, : len(s)] = s
+    return torch.from_numpy(out)
 
 
 # --------------------------------------------------------------------------------------- task
