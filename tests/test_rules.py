@@ -63,7 +63,7 @@ CASES = [
     ("R27", "error", None, None, {"oscar_tags": "1", "feature_type": "RN50"}, None, "needs --feature_type butd"),
     ("R28", "error", None, None, {"use_vision": "false"}, None, "T5 backbones"),
     ("R28", "error", None, None, {"use_vision": "false", "backbone": "facebook/bart-base", "tasks": "vqa,gqa"}, None, "multitask runs"),
-    ("R29", "error", None, None, {"backbone": "gpt2"}, None, "neither T5 nor BART"),
+    ("R29", "error", None, None, {"backbone": "openai-community/gpt2"}, None, "neither T5 nor BART"),
     ("R30", "error", "finetune", "vqa", {"distributed": "1"}, {}, "needs a distributed launch"),
     ("R30", "warning", "finetune", "vqa", {"multiGPU": "1"}, {}, "--multiGPU ignored"),
     ("R30", "error", "finetune", "vqa", {"local_rank": "1", "distributed": "1", "multiGPU": "1"}, LAUNCHED, "conflicts with LOCAL_RANK=0"),
@@ -78,7 +78,7 @@ CASES = [
     ("R36", "warning", None, None, {"multitask_sampling": "roundrobin"}, None, "is 'proportional'"),
     ("R37", "error", None, None, {"optim": "lamb"}, None, "--optim 'lamb' must be one of"),
     ("R37", "warning", None, None, {"optim": "sgd", "adam_eps": "1e-8"}, None, "--adam_eps ignored with --optim sgd"),
-    ("R38", "error", None, None, {"gradient_accumulation_steps": "0"}, None, "must be at least 1"),
+    ("R38", "error", None, None, {"gradient_accumulation_steps": "0"}, None, "must be >= 1 and <= 100000"),
     ("R39", "error", None, None, {"prefix": "foo"}, None, "must be one of: none, span"),
     ("R39", "error", None, None, {"prefix": "mask"}, None, "needs a BART tokenizer"),
     ("R39", "warning", None, None, {"prefix": "span", "no_prefix": "1"}, None, "--no_prefix makes"),
@@ -103,6 +103,8 @@ CASES = [
     ("R43", "error", None, None, {"additional_visual_embedding_layers": "2147483648"}, None, "must be >= 0 and <= 64"),
     ("R53", "error", None, None, {"backbone": "t5-bse"}, None, "did you mean 't5-base'"),
     ("R53", "error", None, None, {"tokenizer": "/nonexistent/tok"}, None, "--tokenizer /nonexistent/tok: no such local"),
+    ("R54", "error", None, None, {"output": "~nouser/run"}, None, "--output ~nouser/run: ~nouser names no user"),
+    ("R54", "error", None, None, {"data_paths": "vqa.questions=/d/" + "q" * 256}, None, "file names are limited to 255"),
 ]
 
 
@@ -129,7 +131,7 @@ def test_r31_multitask_without_distributed_is_accepted():
 
 def test_every_rule_has_a_case():
     covered = {c[0] for c in CASES} | {"R31", "R34"}
-    expected = {f"R{i}" for i in range(1, 51)} | {"R53"}
+    expected = {f"R{i}" for i in range(1, 51)} | {"R53", "R54"}
     assert expected <= covered
     assert set(RULES) | {"R31", "R47"} == expected  # R47 is checked while resolving `load`
 

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from vlcli.config.resolve import resolve
 from vlcli.config.settings import Settings
-from vlcli.errors import ConfigError
+from vlcli.config.usage import USED_BY
+from vlcli.errors import ConfigError, VlcliError
 
 if TYPE_CHECKING:
     import torch
@@ -43,12 +44,26 @@ def load_settings(
     """Validated settings: defaults < ``profiles`` < ``adapter`` recipe < ``overrides`` < ``task``.
 
     ``overrides`` use the argument names of the config reference (``lr=3e-4``, ``backbone="t5-base"``).
-    Raises :class:`ConfigError` (all errors, with warnings attached) exactly as the CLI would.
+    Raises :class:`ConfigError` (all errors, with warnings attached) exactly as the CLI would; a profile
+    that cannot be read raises :class:`~vlcli.errors.ProfileError`. ``profiles`` may be one name.
     """
-    res = resolve(command, task, list(profiles), overrides, adapter)
+    names = [profiles] if isinstance(profiles, str) else profiles
+    _check_arguments(names, task, adapter, command)
+    res = resolve(command, task, list(names), overrides, adapter)
     if res.errors or res.settings is None:
         raise ConfigError(res.errors, res.warnings)
     return res.settings
+
+
+def _check_arguments(profiles: Any, task: Any, adapter: Any, command: Any) -> None:
+    """Refuse argument types :func:`load_settings` cannot use, naming the argument (a VlcliError, no TypeError)."""
+    if not isinstance(profiles, (list, tuple)) or not all(isinstance(p, str) for p in profiles):
+        raise VlcliError(f"load_settings: profiles={profiles!r}: give a list of profile names or paths (strings)")
+    for name, value in (("task", task), ("adapter", adapter), ("command", command)):
+        if value is not None and not isinstance(value, str):
+            raise VlcliError(f"load_settings: {name}={value!r}: give a string (or None)")
+    if command is not None and command not in USED_BY:
+        raise VlcliError(f"load_settings: command={command!r}: unknown command; use one of {', '.join(USED_BY)}")
 
 
 def build_tokenizer(settings: Settings) -> VLTokenizer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlcli.config.types import PATH_SHOWN, clipped, path_problem
 from vlcli.errors import CheckpointNotFoundError
 from vlcli.paths import is_dir, is_file, user_path
 
@@ -23,20 +24,37 @@ CHECKPOINT_EXTENSIONS = (SAFETENSORS_SUFFIX, PTH_SUFFIX)  # preference order whe
 RUN_CONFIG = "config.json"
 
 
-def _listing(folder: Path, limit: int = 12) -> str:
+def _entries(folder: Path) -> list[Path] | None:
+    """The entries of ``folder``; None when it is no directory or cannot be read."""
     if not is_dir(folder):
-        return f"{folder}/ does not exist"
-    names = sorted(p.name for p in folder.iterdir())
+        return None
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return None
+
+
+def _listing(folder: Path, limit: int = 12) -> str:
+    entries = _entries(folder)
+    if entries is None:
+        return f"{folder}/ does not exist or cannot be read"
+    names = sorted(p.name for p in entries)
     if not names:
         return f"{folder}/ is empty"
     shown = ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
     return f"{folder}/ contains: {shown}"
 
 
-def _checkpoints_in(folder: Path) -> list[Path]:
-    if not is_dir(folder):
-        return []
-    return [p for p in folder.iterdir() if p.is_file() and p.suffix in CHECKPOINT_EXTENSIONS]
+def _checkpoints_in(folder: Path) -> list[tuple[int, str, Path]]:
+    """``(mtime_ns, name, path)`` of the checkpoint files directly in ``folder``."""
+    found = []
+    for p in _entries(folder) or []:
+        if p.suffix in CHECKPOINT_EXTENSIONS and is_file(p):
+            try:
+                found.append((p.stat().st_mtime_ns, p.name, p))
+            except OSError:  # removed meanwhile
+                continue
+    return found
 
 
 def resolve_load(load: str | None, output: str | Path) -> Path | None:
@@ -53,7 +71,10 @@ def resolve_load(load: str | None, output: str | Path) -> Path | None:
                 f"--load auto: no checkpoint (*.safetensors, *.pth) in the run directory {folder}; "
                 f"{_listing(folder)}"
             )
-        return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return max(found)[2]
+    problem = path_problem(load)
+    if problem is not None:
+        raise CheckpointNotFoundError(f"--load {clipped(load, PATH_SHOWN)}: {problem}")
     path = user_path(load)
     tried: list[Path] = []
     if is_dir(path):

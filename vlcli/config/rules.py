@@ -1,4 +1,4 @@
-"""Compatibility rules R1-R41 (spec config-and-peft §2) and vlcli's own checks R42-R47.
+"""Compatibility rules R1-R41 (spec config-and-peft §2) and vlcli's own checks R42-R54 (R51/R52 live elsewhere).
 
 Each rule is a function that looks at validated settings and returns :class:`~vlcli.errors.Issue`
 objects: conflicting options are errors (never silent precedence), options that have no effect are
@@ -25,9 +25,9 @@ from vlcli.config.derive import (
     feat_dim_for,
 )
 from vlcli.config.settings import FIELDS, Derived, Settings
-from vlcli.config.types import KNOWN_TASKS
+from vlcli.config.types import KNOWN_TASKS, PATH_SHOWN, clipped, path_problem
 from vlcli.errors import Issue
-from vlcli.paths import is_file, user_path
+from vlcli.paths import exists, is_dir, is_file, user_path
 
 ADAPTER_TYPES = ("use_adapter", "use_hyperformer", "use_compacter", "use_lradapter")
 PER_TASK_ADAPTER_TYPES = ("use_adapter", "use_compacter", "use_lradapter")
@@ -71,6 +71,8 @@ VIS_ENCODER_OPTIONS = (
 # RefCOCOg and VCR read BUTD region features whatever --feature_type says; CLIP grids of the same width
 # (RN50, RN101: 2048) can share the visual embedding with them in one (multitask) run (R26).
 REGION_TASKS = ("refcoco", "vcr")
+DEMO_FEATURE_TYPES = ("RN50", "RN101", "RN50x4", "ViT", "raw_RN50", "raw_RN101", "raw_RN50x4")
+"""What the demo world provides (images and CLIP grids, no BUTD regions)."""
 REGION_COMPATIBLE = ("RN50", "RN101")
 # Tasks each kind of visual input supports (R26).
 TASKS_BY_FEATURES = {
@@ -489,8 +491,6 @@ def _r25(c: RuleContext):
     h, w = c.v("image_size")
     if h != w or h % 32:
         yield E("R25", f"--image_size {h},{w} must be square and a multiple of 32 for the CLIP encoder (e.g. 224,224).", "image_size")
-    if c.v("vis_reduction_factor") < 1:
-        yield E("R25", "--vis_reduction_factor must be at least 1.", "vis_reduction_factor")
     if c.v("clip_random_init") and c.v("clip_weights") is not None:
         yield E("R25", "--clip_random_init and --clip_weights exclude each other; drop one.", "clip_random_init", "clip_weights")
     if c.changed("augment_hflip") and not c.v("use_data_augmentation"):
@@ -538,7 +538,8 @@ def _r28(c: RuleContext):
 
 @rule("R29")
 def _r29(c: RuleContext):
-    if c.family is None:
+    backbone = c.v("backbone")
+    if c.family is None and not _bad_path(c, "backbone") and _name_problem(c, "backbone", backbone) is None:
         yield E(
             "R29",
             f"--backbone {c.v('backbone')} is neither T5 nor BART: use a name containing t5/bart or a "
@@ -579,7 +580,7 @@ def _r32(c: RuleContext):
     if c.command not in (*COMMANDS_TRAINING, None, "inspect-config"):
         yield W("R32", f"--deepspeed ignored by `{c.command}`: it applies to finetune and pretrain.", "deepspeed")
         return
-    if not is_file(user_path(ds)):
+    if not _bad_path(c, "deepspeed") and not is_file(user_path(ds)):
         yield E("R32", f"--deepspeed {ds}: file not found; give the path of a DeepSpeed JSON config.", "deepspeed")
     if c.v("fp16"):
         yield W("R32", "--fp16 with --deepspeed: precision is taken from the DeepSpeed config; no gradient scaler.", "fp16")
@@ -630,16 +631,13 @@ def _r37(c: RuleContext):
         opts = [n for n in ("adam_eps", "adam_beta1", "adam_beta2") if c.changed(n)]
         if opts:
             yield W("R37", f"{_flags(opts)} ignored with --optim {optim}.", *opts)
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= c.v(name) < 1:
-            yield E("R37", f"--{name} {c.v(name)} must be in [0, 1).", name)
+    yield from _range_issues(c, "R37", "adam_beta1", "adam_beta2")
 
 
 @rule("R38")
 def _r38(c: RuleContext):
     # Gradient accumulation is implemented for every run (the original only shortened the schedule).
-    if c.v("gradient_accumulation_steps") < 1:
-        yield E("R38", f"--gradient_accumulation_steps {c.v('gradient_accumulation_steps')} must be at least 1.", "gradient_accumulation_steps")
+    yield from _range_issues(c, "R38", "gradient_accumulation_steps")
 
 
 @rule("R39")
@@ -674,7 +672,10 @@ def _r41(c: RuleContext):
 
 
 def _suggest(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
+    """``"; did you mean 'x'?"`` for the closest choice (a case-insensitive equal first), or ""."""
+    choices = list(choices)
+    same = [c for c in choices if c.lower() == value.lower()]
+    close = same or difflib.get_close_matches(value, choices, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -687,6 +688,9 @@ def _r42(c: RuleContext):
             f"--feature_type {ft!r} is not one of {', '.join(FEATURE_TYPES)}{_suggest(ft, FEATURE_TYPES)}",
             "feature_type",
         )
+    if c.v("demo_world") and ft in FEATURE_TYPES and ft not in DEMO_FEATURE_TYPES:
+        yield E("R42", f"--demo_world provides images and CLIP grid features only; --feature_type {ft}: use RN50 (the "
+                "demo profile's), RN101, RN50x4, ViT or raw_RN50/raw_RN101/raw_RN50x4.", "feature_type", "demo_world")
     if c.v("frozen_dtype") not in ("fp32", "bf16"):
         yield E("R42", f"--frozen_dtype {c.v('frozen_dtype')!r} must be fp32 or bf16.", "frozen_dtype")
     if c.v("cls_task") not in CLS_TASKS:
@@ -743,7 +747,7 @@ _RANGES = [
     ("encoder_prompt_len", 0, True, 10_000, True),
     ("decoder_prompt_len", 0, True, 10_000, True),
     ("mid_dim", 1, True, 65536, True),
-    ("projected_task_embedding_dim", -1, True, 65536, True),
+    ("projected_task_embedding_dim", 1, True, 65536, True),
     ("reduction_factor", 0, False, 65536, True),
     ("hypercomplex_division", 1, True, 1024, True),
     ("phm_rank", 1, True, 65536, True),
@@ -757,25 +761,38 @@ _RANGES = [
     ("gen_max_length", 1, True, 10_000, True),
 ]
 RANGED = frozenset(name for name, *_ in _RANGES)
+_SENTINELS = {"projected_task_embedding_dim": -1}
+"""Documented special values outside a field's range (-1 = the default size)."""
 
 
-def _range_text(lo: float, lo_inc: bool, hi: float | None, hi_inc: bool) -> str:
+def _range_text(name: str, lo: float, lo_inc: bool, hi: float | None, hi_inc: bool) -> str:
     low = f"{'>=' if lo_inc else '>'} {lo}"
-    return low + (f" and {'<=' if hi_inc else '<'} {hi}" if hi is not None else "")
+    text = low + (f" and {'<=' if hi_inc else '<'} {hi}" if hi is not None else "")
+    return f"{_SENTINELS[name]} or {text}" if name in _SENTINELS else text
 
 
-@rule("R43")
-def _r43(c: RuleContext):
-    for name, lo, lo_inc, hi, hi_inc in _RANGES:
+def _range_issues(c: RuleContext, rule_id: str, *names: str) -> Iterable[Issue]:
+    """An error for each of ``names`` whose value is not finite or outside its range in ``_RANGES``."""
+    for name, lo, lo_inc, hi, hi_inc in (r for r in _RANGES if r[0] in names):
         value = c.v(name)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            yield E("R43", f"--{name} {value} must be a finite number ({_range_text(lo, lo_inc, hi, hi_inc)}).", name)
+            yield E(rule_id, f"--{name} {value} must be a finite number ({_range_text(name, lo, lo_inc, hi, hi_inc)}).",
+                    name)
             continue
         bad = (value < lo if lo_inc else value <= lo) or (hi is not None and (value > hi if hi_inc else value >= hi))
-        if bad:
-            yield E("R43", f"--{name} {value} must be {_range_text(lo, lo_inc, hi, hi_inc)}.", name)
+        if bad and value != _SENTINELS.get(name):
+            yield E(rule_id, f"--{name} {value} must be {_range_text(name, lo, lo_inc, hi, hi_inc)}.", name)
+
+
+_RANGE_RULES = {"adam_beta1": "R37", "adam_beta2": "R37", "gradient_accumulation_steps": "R38"}
+"""Ranges a spec rule reports under its own id (R43 checks all the others)."""
+
+
+@rule("R43")
+def _r43(c: RuleContext):
+    yield from _range_issues(c, "R43", *(RANGED - set(_RANGE_RULES)))
 
 
 @rule("R44")
@@ -867,40 +884,94 @@ def _r50(c: RuleContext):
 
 
 def check(ctx: RuleContext) -> list[Issue]:
-    """Run every rule; return all issues (errors and warnings) in rule order."""
+    """Run every rule; return all issues (errors and warnings) in rule order.
+
+    A value a spec rule already refuses (R5's ``phm_rank`` at least 1, ...) gets no second line from R43.
+    """
     issues: list[Issue] = []
     for func in RULES.values():
         issues.extend(func(ctx))
-    return issues
+    refused = {i.fields for i in issues if i.level == "error" and i.rule != "R43"}
+    return [i for i in issues if not (i.rule == "R43" and i.fields in refused)]
 
 
 _LEGACY_BARE_IDS = frozenset({"t5-3b", "t5-11b", "bart-base", "bart-large"})
 """Hub ids without an organisation that still resolve (besides the presets)."""
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json")
+"""Any of these in a local directory makes it a tokenizer directory (the load checks the family's set)."""
 
 
-def _name_problem(value: str) -> str | None:
+def _demo_backbone(c: RuleContext, value: str) -> bool:
+    """A backbone directory the demo world creates on first use (``<data_root>/backbones/t5-demo``)."""
+    from vlcli.demo.backbone import DIR_NAMES
+
+    if not c.v("demo_world"):
+        return False
+    root = user_path(c.v("data_root")) / "backbones"
+    try:
+        return os.path.abspath(user_path(value)) in {os.path.abspath(root / d) for d in DIR_NAMES.values()}
+    except OSError:  # the working directory was removed
+        return False
+
+
+def _local_problem(name: str, value: str) -> str | None:
+    """Why the existing local path ``value`` is no --backbone / --tokenizer directory, or None."""
+    path = user_path(value)
+    if not is_dir(path):
+        return "is a file; give the directory saved with save_pretrained"
+    if name == "backbone" and not is_file(path / "config.json"):
+        return "has no config.json; give a directory saved with save_pretrained"
+    if name == "tokenizer" and not any(is_file(path / f) for f in _TOKENIZER_FILES):
+        return f"has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); give a directory saved with save_pretrained"
+    return None
+
+
+def _name_problem(c: RuleContext, name: str, value: str) -> str | None:
     """Why a --backbone / --tokenizer value cannot name a model, or None: a preset, a local directory or an
     ``org/name`` hub id are fine (the load itself reports a hub id it cannot find)."""
     from vlcli.model.presets import PRESETS
-    from vlcli.paths import exists
 
-    if value in PRESETS or value in _LEGACY_BARE_IDS or exists(user_path(value)):
+    if value in PRESETS or value in _LEGACY_BARE_IDS or _demo_backbone(c, value):
         return None
+    if exists(user_path(value)):
+        return _local_problem(name, value)
     if "/" in value and not value.startswith(("/", ".", "~")) and value.count("/") == 1 and all(value.split("/")):
         return None
     where = "no such local directory" if value.startswith(("/", ".", "~")) or os.sep in value else \
         "neither a built-in name, a local directory nor an org/name hub id"
+    if c.v("demo_world"):
+        where += f"; with --demo_world use {user_path(c.v('data_root')) / 'backbones'}/t5-demo or bart-demo"
     return f"{where}{_suggest(value, PRESETS)}"
 
 
 @rule("R53")
 def _r53(c: RuleContext):
-    if c.v("demo_world"):  # the demo world creates its backbones on first use
-        return
+    from vlcli.model.presets import PRESETS
+
     for name in ("backbone", "tokenizer"):
         value = c.v(name)
-        if isinstance(value, str) and value and (problem := _name_problem(value)):
-            from vlcli.model.presets import PRESETS
+        if isinstance(value, str) and value and not _bad_path(c, name) and (problem := _name_problem(c, name, value)):
+            yield E("R53", f"--{name} {clipped(value, PATH_SHOWN)}: {problem} (built-in: {', '.join(sorted(PRESETS))}; or a "
+                    "local directory saved with save_pretrained, or a hub id such as google/t5-v1_1-base)", name)
 
-            yield E("R53", f"--{name} {value}: {problem} (built-in: {', '.join(sorted(PRESETS))}; or a local "
-                    "directory saved with save_pretrained, or a hub id such as google/t5-v1_1-base)", name)
+
+PATH_OPTIONS = ("output", "backbone", "tokenizer", "deepspeed", "clip_weights", "data_root")
+"""Settings whose value is (or may be) a file-system path; ``data_paths`` values are paths too (``load``: R47)."""
+
+
+def _bad_path(c: RuleContext, name: str) -> bool:
+    """R54 reports ``name``'s value: other rules skip it rather than probe it."""
+    value = c.v(name)
+    return isinstance(value, str) and path_problem(value) is not None
+
+
+@rule("R54")
+def _r54(c: RuleContext):
+    for name in PATH_OPTIONS:
+        value = c.v(name)
+        if isinstance(value, str) and (problem := path_problem(value)):
+            yield E("R54", f"--{name} {clipped(value, PATH_SHOWN)}: {problem}.", name)
+    for key, value in c.v("data_paths").items():
+        if problem := path_problem(value):
+            yield E("R54", f"--data_paths {clipped(key)}={clipped(value, PATH_SHOWN)}: {problem}.", "data_paths")
+
