@@ -19,7 +19,6 @@ files a task reads is :mod:`vlcli.data.layout`'s business.
 from __future__ import annotations
 
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from vlcli.atomic import default_mode
+from vlcli.atomic import atomic_path
 from vlcli.errors import VlcliError
 
 
@@ -512,46 +511,40 @@ def write_consolidated(
     must already be normalised to [0, 1].
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     pairs = items.items() if isinstance(items, Mapping) else items
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:  # OS errors: one WriteError naming target
+        return _write_items(f, pairs, dtype, target)
+
+
+def _write_items(f: h5py.File, pairs: Iterable[tuple[str, FeatureItem]], dtype: Any, target: Path) -> int:
+    """The consolidated layout into the open file ``f``: ``features/{id}``, optional ``boxes/{id}``, attrs."""
+    f.attrs["format"] = CONSOLIDATED_FORMAT
+    feats_group = f.create_group("features")
+    boxes_group = None
     count = 0
     width: int | None = None
-    try:
-        with h5py.File(tmp_name, "w") as f:
-            f.attrs["format"] = CONSOLIDATED_FORMAT
-            feats_group = f.create_group("features")
-            boxes_group = None
-            for image_id, value in pairs:
-                key = str(image_id)
-                feats, boxes = value if isinstance(value, tuple) else (value, None)
-                feats = np.asarray(feats)
-                if dtype is not None:
-                    feats = feats.astype(dtype)
-                if feats.ndim != 2:
-                    raise FeatureError(f"{target}: features of image {key!r} must be (N, feat_dim); got shape {feats.shape}")
-                if width is not None and feats.shape[1] != width:
-                    raise FeatureError(f"{target}: image {key!r} has features {feats.shape[1]} wide, the others {width}")
-                width = feats.shape[1]
-                if "/" in key or key in feats_group:
-                    raise FeatureError(f"{target}: image id {key!r} is repeated or contains '/'")
-                feats_group.create_dataset(key, data=feats)
-                if boxes is not None:
-                    boxes = np.asarray(boxes, np.float32)
-                    if boxes.shape != (feats.shape[0], 4):
-                        raise FeatureError(f"{target}: boxes of image {key!r} must be ({feats.shape[0]}, 4); got {boxes.shape}")
-                    if boxes_group is None:
-                        boxes_group = f.create_group("boxes")
-                    boxes_group.create_dataset(key, data=boxes)
-                count += 1
-            if width is not None:
-                f.attrs["feat_dim"] = width
-        os.chmod(tmp_name, default_mode())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    for image_id, value in pairs:
+        key = str(image_id)
+        feats, boxes = value if isinstance(value, tuple) else (value, None)
+        feats = np.asarray(feats) if dtype is None else np.asarray(feats).astype(dtype)
+        if feats.ndim != 2:
+            raise FeatureError(f"{target}: features of image {key!r} must be (N, feat_dim); got shape {feats.shape}")
+        if width is not None and feats.shape[1] != width:
+            raise FeatureError(f"{target}: image {key!r} has features {feats.shape[1]} wide, the others {width}")
+        width = feats.shape[1]
+        if "/" in key or key in feats_group:
+            raise FeatureError(f"{target}: image id {key!r} is repeated or contains '/'")
+        feats_group.create_dataset(key, data=feats)
+        if boxes is not None:
+            boxes = np.asarray(boxes, np.float32)
+            if boxes.shape != (feats.shape[0], 4):
+                raise FeatureError(f"{target}: boxes of image {key!r} must be ({feats.shape[0]}, 4); got {boxes.shape}")
+            if boxes_group is None:
+                boxes_group = f.create_group("boxes")
+            boxes_group.create_dataset(key, data=boxes)
+        count += 1
+    if width is not None:
+        f.attrs["feat_dim"] = width
     return count
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,9 +33,6 @@ from PIL import Image, UnidentifiedImageError
 
 from vlcli.data.features import FeatureError, FeatureStore
 from vlcli.features.images import CLIP_MEAN, CLIP_STD, IMAGE_SUFFIXES, Preprocess, clip_pipeline
-
-if TYPE_CHECKING:
-    from vlcli.data.layout import DataPath
 
 FLIP_SAFE_TASKS = ("cls",)
 """Tasks whose text never depends on left / right: flipped by default when augmenting."""
@@ -125,7 +122,18 @@ class ImageStore(FeatureStore):
         return list(self._files())
 
 
-def image_stores(settings, task: str, paths: Mapping[str, DataPath], train: bool) -> dict[str, ImageStore]:
+class ImageFolder(Protocol):
+    """An image folder and the steps that create it (a :class:`vlcli.data.layout.DataPath` is one; this
+    module does not import the layout, which imports it)."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def creates(self) -> str: ...
+
+
+def image_stores(settings, task: str, paths: Mapping[str, ImageFolder], train: bool) -> dict[str, ImageStore]:
     """An :class:`ImageStore` per image folder of ``paths``, sharing ``task``'s transform."""
     transform = image_transform(settings, task, train)
     return {key: ImageStore(item.path, transform, hint=item.creates) for key, item in paths.items()}

@@ -162,6 +162,8 @@ class _Resolver:
     def __init__(self, data_root: str | os.PathLike[str], feature_type: str, overrides: Mapping[str, str] | None):
         self.root = Path(data_root)
         self.feature_type = feature_type
+        self.raw = feature_type in RAW_FEATURE_TYPES
+        self.clip_grid = feature_type in CLIP_FEAT_DIM
         self.overrides = dict(overrides or {})
         unknown = sorted(set(self.overrides) - set(DEFAULT_PATHS))
         if unknown:
@@ -257,86 +259,75 @@ def task_layout(
         raise FeatureError(f"unknown feature_type {feature_type!r}; fix: use one of {', '.join(FEATURE_TYPES)}")
     r = _Resolver(data_root, feature_type, overrides)
     names = _splits(split)
-    raw = feature_type in RAW_FEATURE_TYPES
-    clip = feature_type in CLIP_FEAT_DIM
-    dim = CLIP_FEAT_DIM[feature_type] if clip else feat_dim
+    annotations, features, route = _LAYOUTS[task](r, names)
+    dim = CLIP_FEAT_DIM[feature_type] if r.clip_grid else feat_dim
+    # One annotation entry per file (caption's single Karpathy file serves every split name).
+    return TaskLayout(task, ",".join(names), feature_type, tuple(merge_paths(annotations)), features, route, dim)
 
-    annotations: list[DataPath] = []
+
+_Parts = tuple[list[DataPath], dict[str, DataPath], SubstringRoute | None]
+
+
+def _coco_features(r: _Resolver, sets: Iterable[str]) -> dict[str, DataPath]:
+    """COCO image sets (train2014, ...) as sources: one path per set, or the one CLIP folder of all of them."""
+    sets = tuple(sets)
+    if r.clip_grid:
+        return {"coco": r.clip("coco.clip", tuple(f"coco.images.{x}" for x in sets))} if sets else {}
+    if r.raw:
+        return {x: r.images(f"coco.images.{x}") for x in sets}
+    return {x: r.butd(f"coco.butd.{x}") for x in sets}
+
+
+def _source(r: _Resolver, prefix: str, butd: str, split: str = "") -> DataPath:
+    """The image folder ``{prefix}.images``, CLIP folder ``{prefix}.clip`` or BUTD file ``butd`` of one source."""
+    images = f"{prefix}.images"
+    if r.raw:
+        return r.images(images)
+    return r.clip(f"{prefix}.clip", (images,)) if r.clip_grid else r.butd(butd, split)
+
+
+def _vqa_layout(r: _Resolver, names: list[str]) -> _Parts:
+    annotations = [r.annotation("vqa.questions", s) for s in names]
+    sets = list(dict.fromkeys(x for s in names for x in _vqa_sets(s)))
+    # The official answers are the ground truth of every evaluated split (spec §1.1).
+    if any(not s.startswith("test") and s != "vg_qa_full" for s in names):
+        annotations += [r.annotation("vqa.answers.train2014"), r.annotation("vqa.answers.val2014")]
+    features = _coco_features(r, (x for x in sets if x != "vg"))
+    if "vg" in sets:
+        features["vg"] = _source(r, "vg", "vg.butd")
+    if r.clip_grid:
+        return annotations, features, SubstringRoute([("COCO_", "coco")], default="vg")
+    return annotations, features, SubstringRoute([rule for rule in _COCO_ROUTE_RULES if rule[1] in features], default="vg")
+
+
+def _gqa_layout(r: _Resolver, names: list[str]) -> _Parts:
+    # GQA and VG ids do not say which set they come from: the first source holding the id serves it (no route).
     features: dict[str, DataPath] = {}
-    route: SubstringRoute | None = None
+    for s in names:
+        source = _gqa_source(s, r.clip_grid or r.raw)  # raw: the GQA images folder holds the submit images
+        if source not in features:
+            features[source] = _source(r, "vg", "vg.butd") if source == "vg" else _source(r, "gqa", "gqa.butd.testdev")
+    return [r.annotation("gqa.questions", s) for s in names], features, None
 
-    if task == "vqa":
-        sets: list[str] = []
-        for s in names:
-            annotations.append(r.annotation("vqa.questions", s))
-            sets += [x for x in _vqa_sets(s) if x not in sets]
-        # The official answers are the ground truth of every evaluated split (spec §1.1).
-        if any(not s.startswith("test") and s != "vg_qa_full" for s in names):
-            annotations += [r.annotation("vqa.answers.train2014"), r.annotation("vqa.answers.val2014")]
-        coco_sets = tuple(x for x in sets if x != "vg")
-        if raw:
-            for x in coco_sets:
-                features[x] = r.images(f"coco.images.{x}")
-        elif clip:
-            if coco_sets:
-                features["coco"] = r.clip("coco.clip", tuple(f"coco.images.{x}" for x in coco_sets))
-        else:
-            for x in coco_sets:
-                features[x] = r.butd(f"coco.butd.{x}")
-        if "vg" in sets:
-            features["vg"] = r.images("vg.images") if raw else r.clip("vg.clip", ("vg.images",)) if clip else r.butd("vg.butd")
-        if clip:
-            route = SubstringRoute([("COCO_", "coco")], default="vg")
-        else:
-            route = SubstringRoute([rule for rule in _COCO_ROUTE_RULES if rule[1] in features], default="vg")
 
-    elif task == "gqa":
-        for s in names:
-            annotations.append(r.annotation("gqa.questions", s))
-            source = _gqa_source(s, clip or raw)  # raw: the GQA images folder holds the submit images
-            if source in features:
-                continue
-            if raw:
-                features[source] = r.images("vg.images" if source == "vg" else "gqa.images")
-            elif clip:
-                features[source] = r.clip(f"{'vg' if source == 'vg' else 'gqa'}.clip", ("vg.images" if source == "vg" else "gqa.images",))
-            else:
-                features[source] = r.butd("vg.butd" if source == "vg" else "gqa.butd.testdev")
-        # GQA and VG ids do not say which set they come from: the first source holding the id serves it.
+def _nlvr_layout(r: _Resolver, names: list[str]) -> _Parts:
+    # One image folder / CLIP folder serves every split; BUTD has a file per split.
+    features: dict[str, DataPath] = {}
+    for s in names:
+        features.setdefault("images" if r.raw else "clip" if r.clip_grid else s, _source(r, "nlvr", "nlvr.butd", s))
+    return [r.annotation("nlvr.annotations", s) for s in names], features, None
 
-    elif task == "nlvr":
-        for s in names:
-            annotations.append(r.annotation("nlvr.annotations", s))
-            if raw:
-                features.setdefault("images", r.images("nlvr.images"))
-            elif clip:
-                features.setdefault("clip", r.clip("nlvr.clip", ("nlvr.images",)))
-            else:
-                features[s] = r.butd("nlvr.butd", s)
 
-    else:  # caption: Karpathy splits of COCO train2014 + val2014 images, routed by id substring
-        for s in names:
-            if s.rsplit("_", 1)[-1] not in ("train", "val", "test", "restval"):
-                raise FeatureError(
-                    f"unknown caption split {s!r}; fix: use karpathy_train, karpathy_val or karpathy_test"
-                )
-        annotations.append(r.annotation("caption.annotations"))
-        coco_sets = ("train2014", "val2014")
-        if raw:
-            for x in coco_sets:
-                features[x] = r.images(f"coco.images.{x}")
-        elif clip:
-            features["coco"] = r.clip("coco.clip", tuple(f"coco.images.{x}" for x in coco_sets))
-        else:
-            for x in coco_sets:
-                features[x] = r.butd(f"coco.butd.{x}")
-        route = SubstringRoute(_COCO_ROUTE_RULES[:2])
+def _caption_layout(r: _Resolver, names: list[str]) -> _Parts:
+    # Karpathy splits of COCO train2014 + val2014 images in one file, routed by id substring.
+    for s in names:
+        if s.rsplit("_", 1)[-1] not in ("train", "val", "test", "restval"):
+            raise FeatureError(f"unknown caption split {s!r}; fix: use karpathy_train, karpathy_val or karpathy_test")
+    features = _coco_features(r, ("train2014", "val2014"))
+    return [r.annotation("caption.annotations")], features, SubstringRoute(_COCO_ROUTE_RULES[:2])
 
-    # One annotation per split name, no repeats (e.g. caption's single Karpathy file).
-    unique: dict[Path, DataPath] = {}
-    for a in annotations:
-        unique.setdefault(a.path, a)
-    return TaskLayout(task, ",".join(names), feature_type, tuple(unique.values()), features, route, dim)
+
+_LAYOUTS = {"vqa": _vqa_layout, "gqa": _gqa_layout, "nlvr": _nlvr_layout, "caption": _caption_layout}
 
 
 def layout_for(settings: Any, task: str, split: str, overrides: Mapping[str, str] | None = None) -> TaskLayout:

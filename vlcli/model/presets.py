@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from vlcli.errors import VlcliError
 from vlcli.paths import is_file, user_path
@@ -42,6 +43,21 @@ for _alias, _name in PRESET_ALIASES.items():
     PRESETS[_alias] = PRESETS[_name]
 
 
+D_MODEL_MAX = 65536
+"""Largest hidden size believed from a local config.json (anything else reads as unknown)."""
+
+
+def _local_config(cfg: Path) -> dict:
+    """The JSON object in a local ``config.json``; {} when there is none or it is unreadable / not an object."""
+    if not is_file(cfg):
+        return {}
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def backbone_info(backbone: str) -> BackboneInfo | None:
     """Describe ``backbone`` (preset name, local directory with config.json, or a hub name).
 
@@ -50,17 +66,14 @@ def backbone_info(backbone: str) -> BackboneInfo | None:
     """
     if backbone in PRESETS:
         return PRESETS[backbone]
-    path = user_path(backbone)
-    cfg = path / "config.json"
-    if is_file(cfg):
-        try:
-            data = json.loads(cfg.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            data = {}
-        model_type = str(data.get("model_type", "")).lower()
-        family = "t5" if model_type in {"t5", "mt5"} else "bart" if model_type in {"bart", "mbart"} else None
-        if family is not None:
-            return BackboneInfo(family, data.get("d_model"), f"{cfg}")
+    cfg = user_path(backbone) / "config.json"
+    data = _local_config(cfg)
+    model_type = str(data.get("model_type", "")).lower()
+    family = "t5" if model_type in {"t5", "mt5"} else "bart" if model_type in {"bart", "mbart"} else None
+    if family is not None:
+        d_model = data.get("d_model")
+        valid = isinstance(d_model, int) and not isinstance(d_model, bool) and 0 < d_model <= D_MODEL_MAX
+        return BackboneInfo(family, d_model if valid else None, f"{cfg}")
     lowered = backbone.lower()
     if "bart" in lowered:
         return BackboneInfo("bart", None, "name")

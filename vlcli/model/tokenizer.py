@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vlcli.errors import VlcliError
 from vlcli.model.presets import FAMILIES
-from vlcli.paths import exists, is_dir, user_path
+from vlcli.paths import exists, is_dir, is_file, user_path
 
 if TYPE_CHECKING:
     import torch
@@ -158,21 +158,21 @@ def _looks_local(name_or_path: str) -> bool:
     )
 
 
-def _load_hf(name_or_path: str, family: str) -> PreTrainedTokenizerBase:
-    """Load the plain backbone tokenizer, offline for local directories."""
+def _load_hf(name_or_path: str, family: str, option: str = "--tokenizer") -> PreTrainedTokenizerBase:
+    """Load the plain backbone tokenizer, offline for local directories; errors name ``option``."""
     from transformers import AutoTokenizer, BartTokenizer, T5Tokenizer
 
     family_cls = T5Tokenizer if family == "t5" else BartTokenizer
-    arg = f"--tokenizer {name_or_path}"
+    arg = f"{option} {name_or_path}"
     if _looks_local(name_or_path):
         path = user_path(name_or_path)
         if not is_dir(path):
             what = "is a file, not a directory" if exists(path) else "no such directory"
             raise TokenizerError(f"{arg}: {what}; pass a directory saved with save_pretrained or a hub name")
-        if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES[family]):
+        if not any(all(is_file(path / f) for f in group) for group in _TOKENIZER_FILES[family]):
             wanted = " or ".join("+".join(g) for g in _TOKENIZER_FILES[family])
             raise TokenizerError(f"{arg}: no {family} tokenizer files in the directory; it needs {wanted}")
-        loader = AutoTokenizer if (path / "tokenizer_config.json").is_file() else family_cls
+        loader = AutoTokenizer if is_file(path / "tokenizer_config.json") else family_cls
         kwargs: dict[str, Any] = {"local_files_only": True}
         source = str(path)
     else:
@@ -191,11 +191,17 @@ def _load_hf(name_or_path: str, family: str) -> PreTrainedTokenizerBase:
     return hf
 
 
-def build_vl_tokenizer(name_or_path: str, family: str, do_lower_case: bool = False) -> VLTokenizer:
-    """Load the ``family`` ("t5" or "bart") tokenizer ``name_or_path`` and add the VL sentinels."""
+def build_vl_tokenizer(
+    name_or_path: str, family: str, do_lower_case: bool = False, option: str = "--tokenizer"
+) -> VLTokenizer:
+    """Load the ``family`` ("t5" or "bart") tokenizer ``name_or_path`` and add the VL sentinels.
+
+    ``option`` is the setting the name came from (``--backbone`` when no ``--tokenizer`` was given), so
+    that an error names what the user typed.
+    """
     if family not in FAMILIES:
         raise TokenizerError(f"family {family!r}: unknown tokenizer family; use one of {', '.join(FAMILIES)}")
-    hf = _load_hf(name_or_path, family)
+    hf = _load_hf(name_or_path, family, option)
     # Reverse order so that sentinel k ends up at (end of its block) - k, as in VL-T5 / VL-BART.
     missing_extra = [extra_token(k) for k in reversed(range(N_EXTRA)) if extra_token(k) not in hf.get_vocab()]
     if missing_extra:
@@ -204,11 +210,11 @@ def build_vl_tokenizer(name_or_path: str, family: str, do_lower_case: bool = Fal
     if missing_vis:
         hf.add_special_tokens({"extra_special_tokens": missing_vis}, replace_extra_special_tokens=False)
     tok = VLTokenizer(hf, family, do_lower_case)
-    _verify_layout(tok, name_or_path)
+    _verify_layout(tok, f"{option} {name_or_path}")
     return tok
 
 
-def _verify_layout(tok: VLTokenizer, name_or_path: str) -> None:
+def _verify_layout(tok: VLTokenizer, arg: str) -> None:
     """Raise unless the sentinels sit at the end of the vocabulary in the VL-T5 order."""
     n = tok.vocab_size
     bad = [k for k in range(N_VIS) if tok.vis_token_id(k) != n - 1 - k]
@@ -216,10 +222,10 @@ def _verify_layout(tok: VLTokenizer, name_or_path: str) -> None:
     if bad or bad_extra:
         which = f"<vis_extra_id_{bad[0]}>" if bad else f"<extra_id_{bad_extra[0]}>"
         raise TokenizerError(
-            f"--tokenizer {name_or_path}: {which} is not where VL-T5/VL-BART expect it (ids must end the vocabulary "
+            f"{arg}: {which} is not where VL-T5/VL-BART expect it (ids must end the vocabulary "
             f"in reverse order); use the plain backbone tokenizer, not one with sentinels added in another order"
         )
     if tok.hf.pad_token_id is None or tok.hf.eos_token_id is None:
         raise TokenizerError(
-            f"--tokenizer {name_or_path}: has no pad or eos token; use the backbone's own tokenizer"
+            f"{arg}: has no pad or eos token; use the backbone's own tokenizer"
         )

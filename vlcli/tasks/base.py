@@ -299,6 +299,8 @@ class Task:
     primary_metric: str = "accuracy"
     # The dataset class build_dataset instantiates (a task with several inputs per example subclasses it).
     dataset_class: type[TaskDataset] = TaskDataset
+    # Logical data path (vlcli.data.layout.DEFAULT_PATHS) of the file a split's examples are read from.
+    examples_file: str = ""
 
     # ------------------------------------------------------------------------------ features
 
@@ -347,19 +349,33 @@ class Task:
             return "train"
         return "valid" if split == self.splits.get("valid") else "test"
 
-    def _empty_split_message(self, settings: Settings, split: str, role: str, found: int, topk: Any) -> str:
-        """One line naming the empty split, the annotation file(s) it came from and what emptied it."""
+    def split_files(self, settings: Settings, split: str) -> list[Path]:
+        """The file(s) the examples of ``split`` come from (for messages about the split): ``examples_file``
+        of each split name, else every annotation file the split reads."""
+        if self.examples_file:
+            return list(dict.fromkeys(self.data_path(settings, self.examples_file, n) for n in split_names(split)))
+        return [p.path for name in split_names(split) for p in self.required_paths(settings, name)
+                if p.kind == "annotation"]
+
+    def select(self, settings: Settings, split: str, role: str, items: list[Any]) -> list[Any]:
+        """``items`` of ``split`` (examples; pretraining: image records) cut by the role's ``train_topk`` /
+        ``valid_topk``. The one check that a split is not empty: a TaskDataError naming the split, its
+        file(s) and, when the option emptied it, the option; raised before any model is built."""
+        topk = {"train": settings.get("train_topk"), "valid": settings.get("valid_topk")}.get(role)
+        selected = select_topk(items, topk, int(settings.get("seed")))
+        if selected:
+            return selected
         try:
-            files = [str(p.path) for name in split_names(split) for p in self.required_paths(settings, name)
-                     if p.kind == "annotation"]
-        except Exception:  # noqa: BLE001 - the message must not fail; the split name is enough then
+            files = [str(p) for p in self.split_files(settings, split)]
+        except VlcliError:  # the message must not fail; the split name is enough then
             files = []
         where = f" ({', '.join(files)})" if files else ""
-        if found:
-            option = f"--{role}_topk"
-            return (f"{self.name} {role} split {split!r}{where}: {option} {topk} selects none of its {found} "
-                    f"examples; use a larger {option} (or -1 for all)")
-        return f"{self.name} {role} split {split!r}{where} has no examples; check the file (or choose another split)"
+        if not items:
+            raise TaskDataError(f"{self.name} {role} split {split!r}{where} has no examples; "
+                                "check the file (or choose another split)")
+        option = f"--{role}_topk"
+        raise TaskDataError(f"{self.name} {role} split {split!r}{where}: {option} {topk} selects none of its "
+                            f"{len(items)} examples; use a larger {option} (or -1 for all)")
 
     def build_dataset(
         self,
@@ -388,15 +404,11 @@ class Task:
             exs, refs = self.load_examples(settings, name, train=train)
             examples.extend(exs)
             references.update(refs)
-        seed = settings.train.seed
-        topk = {"train": settings.train.train_topk, "valid": settings.train.valid_topk}.get(role)
-        selected = select_topk(examples, topk, seed)
-        if not selected:
-            raise TaskDataError(self._empty_split_message(settings, split, role, len(examples), topk))
-        examples = selected
-        if not train and topk is not None and topk > 0:
-            kept = {ex.id for ex in examples}
+        selected = self.select(settings, split, role, examples)
+        if not train and len(selected) < len(examples):
+            kept = {ex.id for ex in selected}
             references = {k: v for k, v in references.items() if k in kept}
+        examples = selected
         return self.dataset_class(
             self,
             split,
@@ -406,7 +418,7 @@ class Task:
             train=train,
             max_text_length=self.input_length(settings),
             target_max_length=self.target_length(settings),
-            rng=rng if rng is not None else np.random.default_rng(seed),
+            rng=rng if rng is not None else np.random.default_rng(settings.train.seed),
             references=references,
         )
 

@@ -28,6 +28,7 @@ class CaptionTask(Task):
     """COCO captions (Karpathy split)."""
 
     name = "caption"
+    examples_file = "caption.annotations"
     primary_metric = "CIDEr"
     splits = {"train": "karpathy_train", "valid": "karpathy_val", "test": "karpathy_test", "submit": "karpathy_test"}
     loss_reduction = "token"

@@ -21,6 +21,7 @@ class GQATask(Task):
     """GQA with generated answers."""
 
     name = "gqa"
+    examples_file = "gqa.questions"
     splits = {"train": "train,valid", "valid": "testdev", "test": "submit", "submit": "submit"}
     submission_file = "submit.json"
 

@@ -27,6 +27,7 @@ class NLVRTask(Task):
     """NLVR2 true/false statements about an image pair."""
 
     name = "nlvr"
+    examples_file = "nlvr.annotations"
     splits = {"train": "train", "valid": "valid", "test": "test", "submit": "test"}
     submission_file = "submit.csv"
 

@@ -37,7 +37,7 @@ from vlcli.errors import VlcliError
 from vlcli.pretraining import objectives as obj
 from vlcli.pretraining.answers import AnswerTable
 from vlcli.pretraining.lxmert import Expansion, PretrainExample, expand_all, read_records, read_vocab
-from vlcli.tasks.base import Task, TaskDataError, TaskDataset, select_topk, split_names
+from vlcli.tasks.base import Task, TaskDataError, TaskDataset, split_names
 
 if TYPE_CHECKING:
     from vlcli.config.settings import Settings
@@ -253,6 +253,7 @@ class PretrainTask(Task):
     """VL-T5 / VL-BART pretraining on COCO + Visual Genome (LXMERT data), objectives from ``--losses``."""
 
     name = "pretrain"
+    examples_file = "pretrain.annotations"
     splits = {"train": "mscoco_resplit_train,vgnococo", "valid": "mscoco_resplit_val"}
     weighted = True  # the example weight carries --ground_weight
     primary_metric = "selection"
@@ -383,10 +384,8 @@ class PretrainTask(Task):
         rng: np.random.Generator | None = None,
     ) -> PretrainDataset:
         """The expanded examples of ``split``; ``train_topk`` / ``valid_topk`` count images."""
-        role = role or self.role_of(split, train)
         seed = int(settings.get("seed"))
-        topk = {"train": settings.get("train_topk"), "valid": settings.get("valid_topk")}.get(role)
-        records = select_topk(self._records(settings, split), topk, seed)
+        records = self.select(settings, split, role or self.role_of(split, train), self._records(settings, split))
         examples, references = self._expand(settings, records, with_references=not train)
         if not examples:
             raise TaskDataError(

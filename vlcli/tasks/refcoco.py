@@ -244,6 +244,7 @@ class RefCOCOTask(Task):
     """RefCOCOg (umd split) grounding: pick the candidate box a sentence refers to."""
 
     name = "refcoco"
+    examples_file = "refcoco.refs"
     splits = {"train": "train", "valid": "val", "test": "test", "submit": "test"}
     submission_file = "predictions.json"
     primary_metric = "accuracy"

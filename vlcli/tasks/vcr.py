@@ -271,6 +271,7 @@ class VCRTask(Task):
     """Visual Commonsense Reasoning: Q→A and QA→R as true / false scoring of each candidate."""
 
     name = "vcr"
+    examples_file = "vcr.annotations"
     splits = {"train": "train", "valid": "val", "test": "test", "submit": "test"}
     submission_file = "test_submit.csv"
     primary_metric = "q_ar"  # the original's BEST criterion

@@ -31,6 +31,7 @@ class VQATask(Task):
     """VQA v2 with generated answers."""
 
     name = "vqa"
+    examples_file = "vqa.questions"
     splits = {"train": "karpathy_train", "valid": "karpathy_val", "test": "karpathy_test", "submit": "test"}
     weighted = True
     submission_file = "submit.json"
