@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlcli import __version__
-from vlcli.atomic import default_mode
+from vlcli.atomic import WriteError, default_mode, write_error
 from vlcli.config.load import PTH_SUFFIX, SAFETENSORS_SUFFIX
 from vlcli.errors import CheckpointNotFoundError, VlcliError
 
@@ -43,6 +43,10 @@ _PARTIAL_HINT = "pass allow_partial=True (--allow_partial_load) to load the matc
 
 class CheckpointError(VlcliError):
     """A checkpoint cannot be written, read, or does not fit the model."""
+
+
+class CheckpointWriteError(CheckpointError, WriteError):
+    """The OS refused to write a checkpoint (full disk, read-only folder, ...); the previous one is intact."""
 
 
 @dataclass
@@ -222,11 +226,22 @@ def save_checkpoint(
     ``tasks``, ``extra``); the fields in ``_OWN_FIELDS`` are filled here. Adapter-only (the default)
     saves every parameter with ``requires_grad=True``, the running statistics of BatchNorm modules
     that have trainable parameters, and the state entries named in ``extra_keys``. ``full=True``
-    saves the whole ``state_dict()``.
+    saves the whole ``state_dict()``. An OS refusal is a :class:`CheckpointWriteError` and leaves the
+    previous checkpoint as it was.
     """
     tensors_path, manifest_path = checkpoint_paths(path_stem)
-    folder = tensors_path.parent
-    extra_keys = list(extra_keys)
+    tensors, tied = _dedupe(_chosen_tensors(model, full, list(extra_keys), tensors_path))
+    record = _manifest_record(manifest, full, tensors, tied)
+    try:
+        manifest_text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"the manifest for {manifest_path} is not JSON-serialisable: {exc}") from exc
+    _write_pair(tensors, manifest_text, tensors_path, manifest_path)
+    return tensors_path
+
+
+def _chosen_tensors(model: torch.nn.Module, full: bool, extra_keys: list[str], target: Path) -> dict[str, torch.Tensor]:
+    """The whole state (``full``) or the trained tensors plus ``extra_keys``; never nothing."""
     if full:
         chosen = dict(model.state_dict())
         unknown = [k for k in extra_keys if k not in chosen]
@@ -236,18 +251,16 @@ def save_checkpoint(
         chosen = _adapter_tensors(model, extra_keys)
     if not chosen:
         raise CheckpointError(
-            f"nothing to save to {tensors_path}: no parameter of the model requires grad; "
+            f"nothing to save to {target}: no parameter of the model requires grad; "
             "unfreeze something or save with full=True"
         )
-    tensors, tied = _dedupe(chosen)
+    return chosen
 
-    record = dict(manifest)
-    record.setdefault("backbone", None)
-    record.setdefault("vocab_size", None)
-    record.setdefault("visual", {})
-    record.setdefault("method", {})
-    record.setdefault("tasks", [])
-    record.setdefault("extra", {})
+
+def _manifest_record(manifest: dict, full: bool, tensors: dict[str, torch.Tensor], tied: dict[str, str]) -> dict:
+    """The caller's fields (defaults filled in) plus the ones this module owns."""
+    record = {"backbone": None, "vocab_size": None, "visual": {}, "method": {}, "tasks": [], "extra": {},
+              **manifest}
     record.update(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -257,15 +270,17 @@ def save_checkpoint(
         tied=dict(sorted(tied.items())),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    try:
-        manifest_text = json.dumps(record, indent=2, sort_keys=False) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"the manifest for {manifest_path} is not JSON-serialisable: {exc}") from exc
+    return record
 
+
+def _write_pair(tensors: dict[str, torch.Tensor], manifest_text: str, tensors_path: Path, manifest_path: Path) -> None:
+    """Both files to temporary names, synced, then moved into place: tensors first, manifest last (a manifest
+    means a complete checkpoint). On failure the temporary files are removed and the old pair stays."""
+    folder = tensors_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot create the checkpoint folder {folder}: {exc}") from exc
+        raise write_error(folder, exc, CheckpointWriteError) from exc
     temps: list[Path] = []
     try:
         tmp_tensors = _temp_in(folder, tensors_path.name)
@@ -287,15 +302,14 @@ def save_checkpoint(
         temps.remove(tmp_tensors)
         os.replace(tmp_manifest, manifest_path)
         temps.remove(tmp_manifest)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write the checkpoint {tensors_path}: {exc}") from exc
+    except OSError as exc:  # a full disk, a read-only folder: the previous checkpoint stays as it was
+        raise write_error(tensors_path, exc, CheckpointWriteError) from exc
     finally:
         for tmp in temps:
             try:
                 tmp.unlink()
             except OSError:
                 pass
-    return tensors_path
 
 
 # ----------------------------------------------------------------------------------------- load
@@ -389,19 +403,35 @@ def load_checkpoint(
     ``path``: a ``.safetensors`` file (its manifest beside it is read when present) or an original
     ``.pth`` ``state_dict`` (optionally wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``). A
     leading ``module.`` (DDP) is stripped from every key, then ``key_map`` renames each key
-    (None drops it).
+    (None drops it) and ``transform`` converts the renamed state.
 
-    Checks: an adapter checkpoint (and one without a manifest) must name only keys the model has and
-    provide every trainable parameter; a full checkpoint must provide exactly the model's
-    ``state_dict`` keys. Tied tensors count on both sides: a name recorded under ``tied`` in the
-    manifest is filled from its kept name, and a model name tied to a provided one is not missing.
-    Missing / unexpected keys raise :class:`CheckpointError` when ``strict`` and not
+    What must be provided depends on the kind (:func:`_needed_keys`): an adapter checkpoint every
+    trainable parameter; a full one every ``state_dict`` key; a manifest-less original ``.pth`` (a full
+    state dict) every key except those of the PEFT modules this run adds. Tied tensors count on both
+    sides. Missing / unexpected keys raise :class:`CheckpointError` when ``strict`` and not
     ``allow_partial``; shape mismatches raise unless ``allow_partial``. With ``allow_partial`` the
     matching tensors are loaded and the rest is listed in the returned :class:`LoadReport`.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
+    state, manifest = _prepared_state(path, key_map, transform)
+    model_state = model.state_dict(keep_vars=True)
+    kind = _kind_of(path, manifest, state, model_state)
+    report = _match(model, model_state, state, kind)
+    report.manifest = manifest
+    _refuse_misfit(report, path, strict, allow_partial)
+    with torch.no_grad():
+        model.load_state_dict({k: state[k] for k in report.loaded}, strict=False)  # model keys only
+    return report
+
+
+def _prepared_state(
+    path: Path,
+    key_map: Callable[[str], str | None] | None,
+    transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None,
+) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The checkpoint's tensors under the model's key names (renamed, transformed, tied aliases filled in)."""
     state, manifest = _read_tensors(path)
     state = _rename(state, key_map, path)
     if transform is not None:  # layout conversion after renaming (original Hyperformer task embeddings)
@@ -410,67 +440,71 @@ def load_checkpoint(
         for alias, kept in manifest.get("tied", {}).items():
             if kept in state and alias not in state:
                 state[alias] = state[kept]
-    model_state = model.state_dict(keep_vars=True)
-    if manifest is not None:
-        kind = manifest["kind"]
-    elif set(model_state) <= set(state):
-        kind = "full"
-    else:  # an original VL-T5 / VL-Adapter .pth is a full state dict (less the PEFT modules this run adds);
-        # a vlcli .safetensors whose manifest was lost is read as adapter-only, as it was saved
-        kind = "original" if path.suffix == ".pth" else "adapter"
+    return state, manifest
 
-    unexpected = sorted(k for k in state if k not in model_state)
-    skipped: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
-    usable: dict[str, torch.Tensor] = {}
+
+def _kind_of(path: Path, manifest: dict | None, state: dict[str, Any], model_state: dict[str, Any]) -> str:
+    """``adapter`` / ``full`` from the manifest; without one: ``full`` when it covers the model, else
+    ``original`` for a ``.pth`` (VL-T5 / VL-Adapter saved full state dicts) and ``adapter`` for a
+    ``.safetensors`` whose manifest was lost (vlcli saves adapter-only by default)."""
+    if manifest is not None:
+        return manifest["kind"]
+    if set(model_state) <= set(state):
+        return "full"
+    return "original" if path.suffix == PTH_SUFFIX else "adapter"
+
+
+def _match(model: torch.nn.Module, model_state: dict[str, Any], state: dict[str, torch.Tensor], kind: str) -> LoadReport:
+    """Which checkpoint tensors fit (``loaded``), which the model lacks, which differ in shape, and which
+    tensors of the model a checkpoint of ``kind`` must provide but does not (``missing``)."""
+    report = LoadReport(kind=kind)
+    report.unexpected = sorted(k for k in state if k not in model_state)
     for key, value in state.items():
         if key not in model_state:
             continue
-        target = model_state[key]
-        if tuple(value.shape) != tuple(target.shape):
-            skipped.append((key, tuple(value.shape), tuple(target.shape)))
+        target = tuple(model_state[key].shape)
+        if tuple(value.shape) == target:
+            report.loaded.append(key)
         else:
-            usable[key] = value
+            report.skipped_shape.append((key, tuple(value.shape), target))
+    report.loaded.sort()
+    provided = set(report.loaded) | {k for k, _, _ in report.skipped_shape}
+    covered = _with_tied(model_state, provided)
+    report.missing = sorted(k for k in _needed_keys(model, model_state, kind, provided) if k not in covered)
+    return report
 
-    # Model names that are one tensor (tied weights) are provided when any one of them is.
+
+def _with_tied(model_state: dict[str, Any], provided: set[str]) -> set[str]:
+    """``provided`` plus every model name that is the same tensor as a provided one (tied weights)."""
     groups: dict[int, list[str]] = {}
     for key, tensor in model_state.items():
         if tensor is not None:
             groups.setdefault(id(tensor), []).append(key)
-    provided = set(usable) | {k for k, _, _ in skipped}
     covered = set(provided)
     for names in groups.values():
         if any(n in provided for n in names):
             covered.update(names)
-    needed = _needed_keys(model, model_state, kind, provided)
-    missing = sorted(k for k in needed if k not in covered)
+    return covered
 
-    key_problem = strict and (missing or unexpected)
-    if not allow_partial and (key_problem or skipped):
-        parts = []
-        if key_problem and missing:
-            parts.append(_plural(len(missing), "missing key"))
-        if key_problem and unexpected:
-            parts.append(_plural(len(unexpected), "unexpected key"))
-        if skipped:
-            parts.append(f"{len(skipped)} shape mismatch{'' if len(skipped) == 1 else 'es'}")
-        lines = [f"{kind} checkpoint {path} does not fit the model: {', '.join(parts)}"]
-        if key_problem and missing:
-            lines.append(f"  missing (model has, checkpoint lacks): {_head(missing)}")
-        if key_problem and unexpected:
-            lines.append(f"  unexpected (checkpoint has, model lacks): {_head(unexpected)}")
-        if skipped:
-            shown = [f"{k} (checkpoint {list(s)}, model {list(m)})" for k, s, m in skipped]
-            lines.append(f"  shape mismatch: {_head(shown)}")
-        lines.append(f"  {_PARTIAL_HINT}")
-        raise CheckpointError("\n".join(lines))
 
-    with torch.no_grad():
-        model.load_state_dict(usable, strict=False)  # usable holds model keys only
-    return LoadReport(
-        loaded=sorted(usable),
-        missing=missing,
-        unexpected=unexpected,
-        skipped_shape=skipped,
-        manifest=manifest,
-        kind=kind,
-    )
+def _refuse_misfit(report: LoadReport, path: Path, strict: bool, allow_partial: bool) -> None:
+    """CheckpointError listing missing / unexpected keys (when ``strict``) and shape mismatches, unless
+    ``allow_partial``: the first names of each and their count, and the escape hatch."""
+    key_problem = strict and bool(report.missing or report.unexpected)
+    if allow_partial or not (key_problem or report.skipped_shape):
+        return
+    missing = report.missing if key_problem else []
+    unexpected = report.unexpected if key_problem else []
+    skipped = report.skipped_shape
+    parts = [_plural(len(missing), "missing key")] if missing else []
+    parts += [_plural(len(unexpected), "unexpected key")] if unexpected else []
+    parts += [f"{len(skipped)} shape mismatch{'' if len(skipped) == 1 else 'es'}"] if skipped else []
+    lines = [f"{report.kind} checkpoint {path} does not fit the model: {', '.join(parts)}"]
+    if missing:
+        lines.append(f"  missing (model has, checkpoint lacks): {_head(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected (checkpoint has, model lacks): {_head(unexpected)}")
+    if skipped:
+        lines.append(f"  shape mismatch: {_head(f'{k} (checkpoint {list(s)}, model {list(m)})' for k, s, m in skipped)}")
+    lines.append(f"  {_PARTIAL_HINT}")
+    raise CheckpointError("\n".join(lines))
