@@ -566,12 +566,10 @@ def test_pretrain_two_epochs_then_finetune_vqa_from_epoch01(cli, world, tmp_path
     model = api.build_model(settings)
     report = api.load_checkpoint(model, run / "Epoch01.safetensors", settings=settings)
     assert not report.missing and not report.unexpected and len(report.loaded) > 10
-    # full-model pretraining -> adapter finetuning: refused by the strict load, possible as a partial load
+    # full-model pretraining -> adapter finetuning: a warm start, only the adapters start fresh (test_warmstart.py)
     res = cli(*vqa, "--use_adapter", "--output", str(tmp_path / "ad"))
-    assert res.code == 2 and "method settings differ" in res.err and "unfreeze_language_model" in res.err
-    res = cli(*vqa, "--use_adapter", "--allow_partial_load", "--output", str(tmp_path / "ad"))
     assert res.code == 0, res.err
-    assert "partial load" in res.err and "missing" in res.err
+    assert json.loads((tmp_path / "ad/config.json").read_text())["_run"]["init"]["fresh_groups"] == ["adapters"]
 
 
 def test_pretraining_on_raw_images_drops_grounding(cli, world, tmp_path):

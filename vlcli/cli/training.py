@@ -150,8 +150,9 @@ class RunSession:
             raise VlcliError(f"--output {self.out}: not visible from every process (rank {ctx.rank} on its node); "
                              "a multi-node run needs an --output on a file system all nodes share")
 
-    def start(self, ctx: Any, parameters: dict[str, Any]) -> None:
-        """Record the start: config.json for a new run, a ``resumes`` entry when continuing one."""
+    def start(self, ctx: Any, parameters: dict[str, Any], init: Any = None) -> None:
+        """Record the start: config.json for a new run (with the warm start ``init``, a
+        :class:`~vlcli.model.warmstart.WarmStart`), a ``resumes`` entry when continuing one."""
         from vlcli.train import rundir
 
         self.is_main = ctx.is_main
@@ -161,8 +162,8 @@ class RunSession:
             rundir.clear_run(self.out)
         if self.plan.mode in ("new", "overwrite") or rundir.read_config(self.out) is None:
             extra: dict[str, Any] = {"parameters": parameters}
-            if self.settings.derived.load_path:
-                extra["load"] = str(self.settings.derived.load_path)
+            if init is not None:
+                extra["init"] = init.record()
             rundir.write_config(self.out, self.settings, self.command, extra)
         else:
             rundir.append_resume(self.out, {"mode": self.plan.mode, "changed": self.allowed}, self.command)
@@ -219,10 +220,9 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
         engine = Engine(settings, RichReporter(), ctx=ctx, command=session.command, roles=("train", "valid"),
                         **engine_kw)
         resume = session.plan.mode == "resume"
-        if settings.derived.load_path and not resume:
-            engine.load_weights(settings.derived.load_path)
+        init = _warm_start(engine, settings) if settings.derived.load_path and not resume else None
         counts = count_parameters(engine.module)
-        session.start(ctx, {k: counts[k] for k in ("total", "trainable", "percent")})
+        session.start(ctx, {k: counts[k] for k in ("total", "trainable", "percent")}, init)
         if ctx.is_main:
             trackers = build_trackers(settings, session.out)
             for tracker in trackers:
@@ -241,6 +241,32 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
         for tracker in trackers:
             tracker.finish()
         session.release()
+
+
+def _warm_start(engine: Any, settings: Settings) -> Any:
+    """Initialise the model from ``--load`` (every rank) and show what was loaded and what starts fresh."""
+    from vlcli.model.warmstart import warm_start
+
+    init = warm_start(engine.module, settings.derived.load_path, settings,
+                      allow_partial=bool(settings.get("allow_partial_load")))
+    if engine.ctx.is_main:
+        render.err.print(_warm_start_table(init))
+        if init.ignored:
+            render.err.print(f"[yellow]--allow_partial_load: {len(init.ignored)} tensor(s) not loaded: "
+                             f"{'; '.join(init.ignored[:5])}{' ...' if len(init.ignored) > 5 else ''}[/]")
+    return init
+
+
+def _warm_start_table(init: Any) -> Table:
+    from vlcli.model.warmstart import group_rows
+
+    table = Table(title=f"Warm start from {init.path} ({init.kind}, sha256 {init.sha256[:12]})",
+                  title_justify="left")
+    for name in ("group", "loaded: tensors (parameters)", "starts fresh", "from --backbone"):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    for row in group_rows(init):
+        table.add_row(*row)
+    return table
 
 
 def _open_session(settings: Settings, command: str, needs_test: bool) -> RunSession | None:

@@ -36,7 +36,8 @@ RESUME_COMMANDS = ("finetune", "pretrain")
 """Commands whose ``--resume`` reads the ``--output`` run's config under the other sources."""
 # Keys of a saved run config that describe how that run was started, not what it is.
 RUN_LAYER_EXCLUDE = frozenset(
-    {"load", "from_scratch", "test_only", "dry", "submit", "deepspeed", "local_rank", "allow_partial_load", "resume", "overwrite"}
+    {"load", "from_scratch", "test_only", "dry", "submit", "deepspeed", "local_rank", "allow_partial_load", "resume", "overwrite",
+     "init_task_map"}
 )
 
 

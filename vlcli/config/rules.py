@@ -975,3 +975,23 @@ def _r54(c: RuleContext):
         if problem := path_problem(value):
             yield E("R54", f"--data_paths {clipped(key)}={clipped(value, PATH_SHOWN)}: {problem}.", "data_paths")
 
+
+@rule("R55")
+def _r55(c: RuleContext):
+    from vlcli.model.warmstart import parse_task_map
+
+    value = c.v("init_task_map")
+    if not c.changed("init_task_map") or not value:
+        return
+    try:
+        mapping = parse_task_map(value)
+    except ValueError as exc:
+        yield E("R55", f"--init_task_map {clipped(value)}: {exc}.", "init_task_map")
+        return
+    if c.command in COMMANDS_TRAINING and c.derived.load_path is None:
+        yield W("R55", "--init_task_map ignored: it renames the per-task modules of a --load checkpoint.", "init_task_map")
+    targets = set(c.derived.tasks) | {"shared"}
+    bad = sorted({t for dsts in mapping.values() for t in dsts if t not in targets})
+    if bad:
+        yield E("R55", f"--init_task_map {clipped(value)}: target {', '.join(bad)} is not a task of this run; "
+                f"use one of {', '.join(sorted(targets))}.", "init_task_map")

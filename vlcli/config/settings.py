@@ -79,6 +79,7 @@ class TrainSettings(Section):
     deepspeed: OptStr = F(None, "Path to a DeepSpeed JSON config (through accelerate; needs deepspeed installed).")
     save_full: Bool = F(False, "Save every weight in checkpoints instead of only the trained ones.")
     allow_partial_load: Bool = F(False, "Load a --load checkpoint whose keys do not all match; list what was skipped.")
+    init_task_map: OptStr = F(None, "Warm start: per-task modules of a --load checkpoint to rename, SRC=DST[,SRC=DST] (pretrain=vqa).")
     resume: Bool = F(False, "Continue the interrupted run in --output from LAST (weights, optimiser, schedule, RNG, position).")
     overwrite: Bool = F(False, "Replace the run already in --output (finetune/pretrain); without it an existing run is refused.")
     best_metric: str = F("average", "What selects BEST: average (of each task's primary metric), TASK, or TASK/METRIC.")

@@ -38,7 +38,7 @@ STATE = "LAST.state.pt"
 RESUME_ALLOWED = frozenset({"epochs", "num_workers", "valid_batch_size"})
 """Settings a ``--resume`` may change: they extend the run or change how fast it goes, not what it computes."""
 NOT_COMPARED = frozenset({"load", "from_scratch", "test_only", "dry", "submit", "deepspeed", "local_rank",
-                          "allow_partial_load", "resume", "overwrite"})
+                          "allow_partial_load", "init_task_map", "resume", "overwrite"})
 """How a run was started, not what it is: never compared on ``--resume``."""
 
 # Files a run writes; ``--overwrite`` removes these and nothing else the folder may hold.
