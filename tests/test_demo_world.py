@@ -14,7 +14,7 @@ import torch
 
 from vlcli.data.layout import task_layout
 from vlcli.demo import DEMO_SIZES, DemoWorldError, load_scenes, make_backbones, make_world, world_corpus
-from vlcli.demo.world import COLORS, SHAPES, make_scene, nlvr_truth
+from vlcli.demo.world import COLORS, SHAPES, TRAIN_QUESTIONS, make_scene, nlvr_truth
 
 SIZES = {"train": 24, "val": 8, "test": 8}
 
@@ -158,7 +158,12 @@ def test_formats_and_balance(world):
     assert refs and {"ref_id", "ann_id", "image_id", "split", "sentences"} <= set(refs[0])
     pre = _load(root, "lxmert/mscoco_resplit_train.json")
     assert set(pre[0]["sentf"]) == {"mscoco", "vqa"} and len(pre[0]["labelf"]["vqa"]) == len(pre[0]["sentf"]["vqa"])
-    assert summary["counts"]["vqa/karpathy_train.json"] == len(train) == 2 * SIZES["train"]
+    # up to TRAIN_QUESTIONS per training image, each question text once per image; 2 per image elsewhere
+    per_image = Counter(r["img_id"] for r in train)
+    assert len(per_image) == SIZES["train"] and max(per_image.values()) <= TRAIN_QUESTIONS
+    assert all(len({r["sent"] for r in train if r["img_id"] == i}) == n for i, n in per_image.items())
+    assert summary["counts"]["vqa/karpathy_train.json"] == len(train) > 4 * SIZES["train"]
+    assert len(_load(root, "vqa/karpathy_val.json")) == 2 * SIZES["val"]
     assert json.loads((root / "demo/world.json").read_text()) == summary
 
 

@@ -454,8 +454,8 @@ def test_unknown_loss_and_other_features_exit_2_with_the_fix(cli, world, tmp_pat
     assert (
         res.code == 2 and "obj" in res.err and "valid: lm, qa, itm, ground_caption, refer, caption" in res.err
     )
-    res = cli(*cli_args(world, tmp_path / "r"), "--feature_type", "RN101")
-    assert res.code == 2 and "--feature_type RN101" in res.err and "butd" in res.err
+    res = cli(*cli_args(world, tmp_path / "r"), "--feature_type", "RN101")  # CLIP grids: no RN101 folder here
+    assert res.code == 2 and "data_clip_RN101_att" in res.err and "vlcli extract-features" in res.err
     assert not (tmp_path / "r").exists()
 
 

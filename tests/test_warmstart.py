@@ -56,6 +56,24 @@ def test_a_pretrained_full_model_warm_starts_lora_without_any_flag(cli, world, p
     saved = load_file(str(ckpt))
     assert saved and all(torch.equal(state[k], v) for k, v in saved.items())
     assert {g for g, c in report.groups.items() if c.get("fresh")} == {"LoRA"}
+    # BEST holds LoRA + the visual embedding; its manifest names the warm start, which eval applies first
+    assert json.loads((tmp_path / "lora/BEST.json").read_text())["init"]["sha256"] == init["sha256"]
+    res = cli("eval", "vqa", "--load", str(tmp_path / "lora/BEST"), "--json")
+    assert res.code == 0, res.err
+    tested = json.loads((tmp_path / "lora/test_metrics.json").read_text())
+    assert json.loads(res.out)["test/vqa"]["accuracy"] == tested["test/vqa"]["accuracy"]
+
+
+def test_a_changed_init_checkpoint_is_named_when_loading_the_run(cli, world, pretrained, tmp_path):
+    init = tmp_path / "pt"
+    init.mkdir()
+    for suffix in (".safetensors", ".json"):
+        (init / f"BEST{suffix}").write_bytes((pretrained["full"] / f"BEST{suffix}").read_bytes())
+    res = cli(*vqa(world, tmp_path / "lora", "--use_lora", "--load", str(init / "BEST")))
+    assert res.code == 0, res.err
+    (init / "BEST.safetensors").rename(init / "moved.safetensors")
+    res = cli("eval", "vqa", "--load", str(tmp_path / "lora/BEST"))
+    assert res.code == 2 and "no longer exists" in res.err and str(init / "BEST.safetensors") in res.err
 
 
 def test_a_checkpoint_missing_a_backbone_tensor_is_refused_by_name(cli, world, pretrained, tmp_path):

@@ -10,6 +10,7 @@
     ids = model.generate(input_ids, attention_mask, vis_feats, vis_pos, num_beams=5, max_length=20)
     api.save_checkpoint(model, "snap/run/BEST", settings=settings)
     api.load_checkpoint(model, "snap/run/BEST.safetensors", settings=settings)
+    api.Predictor("snap/run").answer("photo.jpg", "what color is the car?")   # a run on your own image
 
 Validation is the CLI's: :func:`load_settings` raises :class:`vlcli.errors.ConfigError` listing every
 broken rule. torch and transformers are imported by the functions that need them.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from vlcli.model.checkpoint import LoadReport
     from vlcli.model.tokenizer import VLTokenizer
     from vlcli.model.vl import VLModel
+    from vlcli.predict import Predictor
 
 
 def load_settings(
@@ -139,10 +141,24 @@ def load_checkpoint(
     manifest = read_manifest(path) if path.is_file() else None
     if manifest is not None and not allow_partial:
         check_manifest(manifest, model, str(path), settings)
+    if manifest is not None:
+        from vlcli.model.warmstart import apply_recorded_init
+
+        apply_recorded_init(model, manifest, settings, path)  # a warm-started run: its init first
     return _load(model, path, strict=strict, allow_partial=allow_partial)
 
 
+def __getattr__(name: str) -> Any:
+    """``api.Predictor`` (:mod:`vlcli.predict`), imported on first use (it pulls in torch)."""
+    if name == "Predictor":
+        from vlcli.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'vlcli.api' has no attribute {name!r}")
+
+
 __all__ = [
+    "Predictor",
     "build_model",
     "build_tokenizer",
     "count_parameters",

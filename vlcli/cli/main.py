@@ -16,6 +16,7 @@ from vlcli.cli.convert import convert
 from vlcli.cli.demo import demo_data
 from vlcli.cli.export import export
 from vlcli.cli.inspect_config import inspect_config
+from vlcli.cli.predict import predict
 from vlcli.cli.runs import runs
 from vlcli.errors import ConfigError, NotImplementedYetError, VlcliError
 
@@ -70,9 +71,10 @@ app.command("convert")(convert)
 app.command("demo-data")(demo_data)
 app.command("runs")(runs)
 app.command("export")(export)
+app.command("predict")(predict)
 
 COMMAND_NAMES = ("inspect-config", "extract-features", "pretrain", "finetune", "eval", "submit", "convert", "demo-data",
-                 "runs", "export")
+                 "runs", "export", "predict")
 
 
 def _command_options(group: TyperGroup, name: str) -> dict[str, bool]:

@@ -818,15 +818,11 @@ def _r45(c: RuleContext):
     elif not names and c.command == "pretrain":
         yield E("R45", f"--losses is empty; choose from {', '.join(PRETRAIN_LOSSES)}.", "losses")
     ft = c.v("feature_type")
-    if c.command == "pretrain" and ft != "butd" and ft not in RAW_TYPES:
-        yield E("R45", f"--feature_type {ft}: pretraining reads BUTD region features (their detector labels make "
-                "the grounding objectives) or raw images (raw_RN50/raw_RN101/raw_RN50x4); use --feature_type butd.",
-                "feature_type")
-    elif c.command == "pretrain" and ft in RAW_TYPES:
+    if c.command == "pretrain" and ft != "butd":  # CLIP grids and raw images: no detector boxes or labels
         grounding = [n for n in names if n in ("ground_caption", "refer")]
         if grounding:
             yield W("R45", f"--losses {','.join(grounding)} dropped with --feature_type {ft}: grounding needs the "
-                    "detector's boxes and labels (BUTD), as in the original.", "losses")
+                    "detector's boxes and labels (BUTD).", "losses")
         if c.v("oscar_tags"):
             yield E("R45", f"--oscar_tags needs BUTD detector labels; not available with --feature_type {ft}.",
                     "oscar_tags")

@@ -48,6 +48,7 @@ USED_BY: dict[str, frozenset[str]] = {
     "demo-data": frozenset(),
     "runs": frozenset(),
     "export": frozenset(),
+    "predict": frozenset(),  # reads the run's own config.json; its options are its own
 }
 
 

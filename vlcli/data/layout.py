@@ -345,11 +345,16 @@ def layout_for(settings: Any, task: str, split: str, overrides: Mapping[str, str
     )
 
 
+def layout_resolver(settings: Any) -> _Resolver:
+    """The resolver of logical data paths for ``settings`` (data_root, feature_type, data_paths overrides)."""
+    return _Resolver(_setting(settings, "data_root", "datasets"), str(_setting(settings, "feature_type", "butd")),
+                     _setting(settings, "data_paths", None))
+
+
 def data_path(settings: Any, name: str, split: str = "") -> Path:
     """The file or folder of logical ``name`` (see DEFAULT_PATHS) under the settings' ``data_root``, with
     ``data_paths`` overrides applied; ``{split}`` and ``{type}`` (feature_type) filled in."""
-    r = _Resolver(_setting(settings, "data_root", "datasets"), str(_setting(settings, "feature_type", "butd")),
-                  _setting(settings, "data_paths", None))
+    r = layout_resolver(settings)
     if name not in DEFAULT_PATHS:
         raise FeatureError(f"unknown data path name {name!r}; fix: use one of {', '.join(sorted(DEFAULT_PATHS))}")
     return r.path(name, split)

@@ -390,6 +390,9 @@ class ClipExtraction:
     pooled: bool = False
     resize: str = "squash"
     source: str = ""
+    standardize: Path | None = None
+    """A ``.safetensors`` with per-channel ``mean`` / ``std`` (:func:`save_standardization`): features are
+    written as ``(x - mean) / std``; the file is copied beside the manifest, which records it."""
 
     def __post_init__(self) -> None:
         check_feature_type(self.feature_type)
@@ -514,7 +517,56 @@ def _consolidated_ids(path: Path) -> set[str]:
 
 
 def _manifest_key(manifest: dict[str, Any]) -> dict[str, Any]:
-    return {k: manifest.get(k) for k in ("feature_type", "backbone", "weights", "image_size", "preprocessing", "dtype")}
+    return {k: manifest.get(k) for k in ("feature_type", "backbone", "weights", "image_size", "preprocessing", "dtype",
+                                         "standardize")}
+
+
+STANDARDIZE_FILE = "standardize.safetensors"
+
+
+def save_standardization(path: Path, mean: torch.Tensor, std: torch.Tensor) -> Path:
+    """Per-channel ``mean`` / ``std`` (float32, shape ``[C]``) for :attr:`ClipExtraction.standardize`."""
+    from safetensors.torch import save_file
+
+    with atomic_path(Path(path)) as tmp:
+        save_file({"mean": mean.float().contiguous(), "std": std.float().contiguous()}, str(tmp))
+    return Path(path)
+
+
+def load_standardization(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        stats = load_file(str(path))
+        return stats["mean"], stats["std"]
+    except (OSError, KeyError, Exception) as exc:  # safetensors raises its own error types
+        raise ExtractionError(f"{path}: not a standardisation file with mean/std ({exc})") from None
+
+
+def standardization_stats(encoder: ClipGridEncoder, images: list[Path], image_size: int, batch_size: int = 64,
+                          resize: str = "squash", mean_std: tuple[Any, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of ``encoder``'s grid features over ``images`` (every grid cell counts)."""
+    preprocess = Preprocess(image_size, resize, *(mean_std or ()))
+    loader = torch.utils.data.DataLoader(ImageDataset(images, preprocess), batch_size=batch_size, collate_fn=collate)
+    total = total_sq = None
+    count = 0
+    with torch.no_grad():
+        for _, pixels, _ in loader:
+            if pixels is None:
+                continue
+            grid = encoder(pixels)[0].double().flatten(0, -2)
+            total = grid.sum(0) if total is None else total + grid.sum(0)
+            total_sq = (grid**2).sum(0) if total_sq is None else total_sq + (grid**2).sum(0)
+            count += grid.shape[0]
+    if not count:
+        raise ExtractionError("no readable image to compute the standardisation from")
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(0).sqrt()
+    # Near-constant channels (dead ReLUs) would be blown up to noise: their scale is floored at a tenth of
+    # the typical channel's, so they stay near 0 after centring.
+    live = std[std > 0]
+    floor = 0.1 * live.median() if live.numel() else torch.tensor(1.0, dtype=std.dtype)
+    return mean.float(), std.clamp_min(floor).float()
 
 
 def _check_compatible(job: ClipExtraction, new: dict[str, Any]) -> None:
@@ -588,6 +640,7 @@ def _manifest(job: ClipExtraction, preprocess: Preprocess, count: int, failed: l
         "pooled": {"target": str(job.fc_target.name), "dim": POOLED_DIM[job.feature_type]} if job.fc_target else None,
         "preprocessing": preprocess.describe(),
         "dtype": job.dtype,
+        "standardize": _standardize_record(job),
         "layout": job.layout,
         "count": count,
         "last_run": {"images": job.source, "unreadable": [[str(p), r] for p, r in failed[:100]]},
@@ -596,6 +649,15 @@ def _manifest(job: ClipExtraction, preprocess: Preprocess, count: int, failed: l
         "open_clip_version": _version("open_clip_torch"),
         "torch_version": torch.__version__,
     }
+
+
+def _standardize_record(job: ClipExtraction) -> dict[str, Any] | None:
+    """``{"file", "sha256"}`` of the standardisation applied (the file is copied beside the manifest)."""
+    if job.standardize is None:
+        return None
+    import hashlib
+
+    return {"file": STANDARDIZE_FILE, "sha256": hashlib.sha256(Path(job.standardize).read_bytes()).hexdigest()}
 
 
 def extract_clip(job: ClipExtraction, progress: Progress | None = None,
@@ -625,6 +687,14 @@ def extract_clip(job: ClipExtraction, progress: Progress | None = None,
     elif encoder.grid != job.grid or (job.pooled and not encoder.pooled):
         raise ValueError("the given encoder does not match the job's image size / pooled output")
     encoder = encoder.to(device).eval()
+    shift = scale = None
+    if job.standardize is not None:
+        shift, scale = (t.to(device) for t in load_standardization(job.standardize))
+        job.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        copy = job.manifest_path.parent / STANDARDIZE_FILE
+        if Path(job.standardize).resolve() != copy.resolve():
+            with atomic_path(copy) as tmp:
+                tmp.write_bytes(Path(job.standardize).read_bytes())
 
     loader = torch.utils.data.DataLoader(
         ImageDataset(todo, preprocess),
@@ -649,6 +719,8 @@ def extract_clip(job: ClipExtraction, progress: Progress | None = None,
                 pixels = pixels.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                     grid, pooled = encoder(pixels)
+                if shift is not None:
+                    grid = (grid.float() - shift) / scale
                 grid_np = grid.float().cpu().numpy().astype(out_dtype)
                 pooled_np = pooled.float().cpu().numpy().astype(out_dtype) if pooled is not None else None
                 for row, i in enumerate(indices):

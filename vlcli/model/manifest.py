@@ -21,6 +21,10 @@ def describe(model: Any, settings: Any | None = None) -> dict[str, Any]:
         "d_model": model.d_model,
         "visual": model.visual.as_dict() if model.visual is not None else None,
     }
+    from vlcli.model.warmstart import INIT_ATTR
+
+    if getattr(model, INIT_ATTR, None):
+        info["init"] = getattr(model, INIT_ATTR)  # the warm start an adapter-only checkpoint builds on
     encoder = getattr(model, "visual_encoder", None)
     if encoder is not None:
         info["image_encoder"] = encoder.config.as_dict()

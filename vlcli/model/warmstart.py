@@ -63,6 +63,11 @@ class WarmStart:
     def total(self, status: str) -> int:
         return sum(g.get(status, 0) for g in self.groups.values())
 
+    def reference(self) -> dict[str, Any]:
+        """What a checkpoint manifest records to redo this warm start (path, sha256, task map)."""
+        return {"path": str(self.path), "sha256": self.sha256, "task_map": self.task_map,
+                "partial": bool(self.ignored)}
+
     def record(self) -> dict[str, Any]:
         """The ``init`` entry of the run's config.json."""
         return {"path": str(self.path), "sha256": self.sha256, "kind": self.kind,
@@ -94,12 +99,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def warm_start(model: nn.Module, path: str | Path, settings: Any, *, allow_partial: bool = False) -> WarmStart:
+INIT_ATTR = "vlcli_init"
+"""Attribute of a warm-started model holding its :meth:`WarmStart.reference`; the manifests of its checkpoints
+record it, so an adapter-only checkpoint (which lacks the warm-started weights) is loaded over the same init."""
+
+
+def warm_start(model: nn.Module, path: str | Path, settings: Any, *, allow_partial: bool = False,
+               task_map: Mapping[str, list[str]] | None = None) -> WarmStart:
     """Initialise ``model`` (built and ``set_trainable`` for this run) from the checkpoint at ``path``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointNotFoundError(f"--load {path}: the checkpoint does not exist")
-    task_map = parse_task_map(settings.get("init_task_map"))
+    task_map = dict(task_map) if task_map is not None else parse_task_map(settings.get("init_task_map"))
     state, manifest, kind = _read(model, path)
     state = map_tasks(state, task_map, peft_keys(model) | _peft_like(state))
     model_state = model.state_dict(keep_vars=True)
@@ -117,9 +128,26 @@ def warm_start(model: nn.Module, path: str | Path, settings: Any, *, allow_parti
     ignored = [f"{k} (model has no such tensor)" for k in unexpected]
     ignored += [f"{k} (checkpoint {list(s)}, model {list(m)})" for k, s, m in shapes]
     ignored += [f"{k} (checkpoint lacks it)" for k in missing]
-    report = WarmStart(path=path, sha256=sha256_of(path), kind=kind, ignored=ignored, task_map=task_map)
+    report = WarmStart(path=path.resolve(), sha256=sha256_of(path), kind=kind, ignored=ignored, task_map=task_map)
     report.groups = _group_counts(model, model_state, covered, fresh)
+    setattr(model, INIT_ATTR, report.reference())
     return report
+
+
+def apply_recorded_init(model: nn.Module, manifest: Mapping[str, Any], settings: Any, checkpoint: Path) -> None:
+    """Before an exact load of an adapter-only checkpoint of a warm-started run: the same warm start again
+    (the file must still be there, unchanged), so the weights the checkpoint does not hold are the run's."""
+    init = manifest.get("init")
+    if not isinstance(init, dict) or manifest.get("kind") != "adapter":
+        return
+    path = Path(str(init.get("path")))
+    if not path.is_file():
+        raise WarmStartError(f"{checkpoint} was trained from {path} (warm start), which no longer exists; its "
+                             "adapter-only checkpoint needs it: put it back, or save runs with --save_full")
+    if sha256_of(path) != init.get("sha256"):
+        raise WarmStartError(f"{checkpoint} was trained from {path} (warm start), which has changed since "
+                             f"(sha256 {init.get('sha256', '?')[:12]} expected); restore that file")
+    warm_start(model, path, settings, allow_partial=bool(init.get("partial")), task_map=init.get("task_map") or {})
 
 
 def _read(model: nn.Module, path: Path) -> tuple[dict[str, torch.Tensor], dict | None, str]:
@@ -170,7 +198,9 @@ class _MethodView:
         self.method, self.settings = method, settings
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self.method[name] if name in self.method else self.settings.get(name, default)
+        if name in self.method:
+            return self.method[name]
+        return self.settings.get(name, default) if self.settings is not None else default
 
 
 def _claimed(model: nn.Module, model_state: dict[str, Any], kind: str, manifest: dict | None, settings: Any) -> set[str]:
@@ -239,7 +269,8 @@ def _unexpected_hints(unexpected: list[str], manifest: dict | None, settings: An
                      f"{foreign[0]}={target} (docs/pretraining.md)")
     method = (manifest or {}).get("method")
     if isinstance(method, dict):
-        differ = [f"{k}={v}" for k, v in method.items() if k.startswith("use_") and v and not settings.get(k)]
+        differ = [f"{k}={v}" for k, v in method.items()
+                  if k.startswith("use_") and v and settings is not None and not settings.get(k)]
         if differ:
             hints.append(f"  the checkpoint's run used {', '.join(differ)}; this run does not")
     return hints

@@ -84,10 +84,10 @@ def parse_losses(settings: Any) -> list[str]:
     if bad or not names:
         what = f"unknown objective(s) {', '.join(bad)}" if bad else "no objective"
         raise VlcliError(f"--losses: {what}; valid: {', '.join(obj.OBJECTIVES)}")
-    if _raw(settings):
+    if _raw(settings) or _grid(settings):
         names = [n for n in names if n not in obj.GROUNDING]
         if not names:
-            raise VlcliError(f"--losses {settings.get('losses')}: on raw images the grounding objectives are "
+            raise VlcliError(f"--losses {settings.get('losses')}: without BUTD boxes the grounding objectives are "
                              "dropped and nothing is left; add lm, qa, itm or caption")
     return names
 
@@ -278,6 +278,8 @@ class PretrainTask(Task):
                                                   for s in SPLIT_IMAGE_SETS.get(n, tuple(IMAGE_FOLDERS))}
             return {key: DataPath(IMAGE_FOLDERS[key], data_path(settings, IMAGE_FOLDERS[key]), "images", (IMAGES_HINT,))
                     for key in IMAGE_FOLDERS if key in sets}
+        if _grid(settings):
+            return _grid_paths(settings, split, train)
         if not train:
             return {"resplit_val": _butd(settings, "coco.butd.resplit_val", RESPLIT_HINT)}
         sets = set()
@@ -344,6 +346,11 @@ class PretrainTask(Task):
             from vlcli.data.images import image_stores
 
             stores = dict(image_stores(settings, self.name, paths, train))
+        elif _grid(settings):
+            from vlcli.data.features import CLIPStore
+
+            folders = {item.path: CLIPStore(item.path, hint=item.creates) for item in paths.values()}
+            stores = {key: folders[paths[_GRID_FOLDER[key]].path] for key in _GRID_FOLDER if _GRID_FOLDER[key] in paths}
         else:
             n_boxes, feat_dim = int(settings.get("n_boxes")), int(settings.get("feat_dim"))
             stores = {key: BUTDStore(item.path, n_boxes=n_boxes, feat_dim=feat_dim, hint=item.creates)
@@ -508,13 +515,38 @@ def _raw(settings: Any) -> bool:
     return str(settings.get("feature_type")).startswith("raw_")
 
 
+def _grid(settings: Any) -> bool:
+    """Precomputed CLIP grid features (vlcli's extension: the original raised NotImplementedError)."""
+    from vlcli.config.derive import GRID_FEAT_DIM
+
+    return settings.get("feature_type") in GRID_FEAT_DIM
+
+
+_GRID_FOLDER = {"train2014": "coco", "val2014": "coco", "vg": "vg"}
+"""Image set (the route's key) -> CLIP feature folder that holds its images."""
+
+
+def _grid_paths(settings: Any, split: str, train: bool) -> dict[str, DataPath]:
+    """CLIP feature folders of a split: COCO (train2014 and val2014 images) and VG; validation reads COCO val2014."""
+    from vlcli.data.layout import layout_resolver
+
+    sets = {"val2014"} if not train else {s for n in split_names(split)
+                                          for s in SPLIT_IMAGE_SETS.get(n, tuple(IMAGE_FOLDERS))}
+    resolver = layout_resolver(settings)
+    out: dict[str, DataPath] = {}
+    for image_set in sorted(sets):
+        folder = _GRID_FOLDER[image_set]
+        if folder not in out:
+            out[folder] = resolver.clip(f"{folder}.clip", (IMAGE_FOLDERS[image_set],))
+    return out
+
+
 def _check_feature_type(settings: Any) -> None:
     feature_type = settings.get("feature_type")
-    if feature_type != "butd" and not _raw(settings):
+    if feature_type != "butd" and not _raw(settings) and not _grid(settings):
         raise PretrainFeatureError(
             f"--feature_type {feature_type}: pretraining reads BUTD region features (their detector labels make "
-            "the grounding objectives) or raw images (raw_RN50/raw_RN101/raw_RN50x4, without grounding); "
-            "use --feature_type butd with the *_obj36.h5 files"
+            "the grounding objectives), CLIP grid features or raw images (both without grounding)"
         )
 
 

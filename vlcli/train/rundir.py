@@ -265,6 +265,15 @@ def append_resume(out: Path, entry: dict[str, Any], command: str) -> None:
     write_json(out / CONFIG, data, indent=1)
 
 
+def read_status(out: Path) -> dict[str, Any] | None:
+    """``status.json`` of a run (None when missing or unreadable)."""
+    try:
+        data = json.loads((out / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def write_status(out: Path, status: str, message: str = "") -> None:
     """``status.json``: running / finished / interrupted / failed, with the time (and the error of a failure)."""
     write_json(out / STATUS, {"status": status, "time": now_iso(), "message": message}, indent=1)
