@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -304,6 +305,8 @@ def run_finetune(settings: Settings) -> None:
     if test:
         render.out.print(_results_table("Test (BEST weights)", results))
     render.out.print(_run_summary(engine, history, demo, written))
+    if demo is not None:
+        _demo_example(settings, session.out)
 
 
 def _run_summary(engine: Any, history: Any, demo: dict[str, Any] | None, written: dict[str, Any]) -> Table:
@@ -390,6 +393,30 @@ def _ensure_demo(settings: Settings) -> dict[str, Any]:
     if _demo_pretrains(settings):
         settings.derived.load_path = str(_demo_pretrained(settings, root))
     return {**summary, "baselines": demo_baselines(root)}
+
+
+def _demo_example(settings: Settings, out: Path) -> None:
+    """The demo's last word: one `vlcli predict` on a held-out demo image, with the answer the scene gives."""
+    import json
+    import shlex
+
+    from vlcli.predict import Predictor
+
+    if "vqa" not in settings.derived.tasks:
+        return
+    root = Path(str(settings.get("data_root")))
+    try:
+        record = json.loads((root / "vqa/karpathy_test.json").read_text(encoding="utf-8"))[0]
+    except (OSError, ValueError, IndexError):
+        return
+    image = root / "COCO/images/val2014" / f"{record['img_id']}.jpg"
+    task = None if len(settings.derived.tasks) == 1 else "vqa"
+    answer = Predictor(out, task=task).answer(image, record["sent"])
+    command = ["vlcli", "predict", "--load", str(out), "--image", str(image), "--question", record["sent"],
+               *(["--task", "vqa"] if task else [])]
+    truth = next(iter(record.get("label", {})), "?")
+    render.out.print(f"try it on your own image: [bold]{escape(shlex.join(command))}[/]\n"
+                     f"  -> {escape(answer)}   (the scene's answer: {escape(truth)})")
 
 
 def _demo_pretrains(settings: Settings) -> bool:
