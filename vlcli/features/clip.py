@@ -539,7 +539,7 @@ def load_standardization(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         stats = load_file(str(path))
         return stats["mean"], stats["std"]
-    except (OSError, KeyError, Exception) as exc:  # safetensors raises its own error types
+    except Exception as exc:  # OSError, KeyError, and safetensors' own error types
         raise ExtractionError(f"{path}: not a standardisation file with mean/std ({exc})") from None
 
 

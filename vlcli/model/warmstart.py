@@ -105,14 +105,15 @@ record it, so an adapter-only checkpoint (which lacks the warm-started weights) 
 
 
 def warm_start(model: nn.Module, path: str | Path, settings: Any, *, allow_partial: bool = False,
-               task_map: Mapping[str, list[str]] | None = None) -> WarmStart:
-    """Initialise ``model`` (built and ``set_trainable`` for this run) from the checkpoint at ``path``."""
+               task_map: Mapping[str, list[str]] | None = None, sha256: str | None = None) -> WarmStart:
+    """Initialise ``model`` (built and ``set_trainable`` for this run) from the checkpoint at ``path``
+    (``sha256``: the file's digest when the caller has just computed it)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointNotFoundError(f"--load {path}: the checkpoint does not exist")
     task_map = dict(task_map) if task_map is not None else parse_task_map(settings.get("init_task_map"))
     state, manifest, kind = _read(model, path)
-    state = map_tasks(state, task_map, peft_keys(model) | _peft_like(state))
+    state = map_tasks(state, task_map)
     model_state = model.state_dict(keep_vars=True)
     fresh = peft_keys(model)
     unexpected = sorted(k for k in state if k not in model_state)
@@ -128,7 +129,8 @@ def warm_start(model: nn.Module, path: str | Path, settings: Any, *, allow_parti
     ignored = [f"{k} (model has no such tensor)" for k in unexpected]
     ignored += [f"{k} (checkpoint {list(s)}, model {list(m)})" for k, s, m in shapes]
     ignored += [f"{k} (checkpoint lacks it)" for k in missing]
-    report = WarmStart(path=path.resolve(), sha256=sha256_of(path), kind=kind, ignored=ignored, task_map=task_map)
+    report = WarmStart(path=path.resolve(), sha256=sha256 or sha256_of(path), kind=kind, ignored=ignored,
+                       task_map=task_map)
     report.groups = _group_counts(model, model_state, covered, fresh)
     setattr(model, INIT_ATTR, report.reference())
     return report
@@ -144,10 +146,12 @@ def apply_recorded_init(model: nn.Module, manifest: Mapping[str, Any], settings:
     if not path.is_file():
         raise WarmStartError(f"{checkpoint} was trained from {path} (warm start), which no longer exists; its "
                              "adapter-only checkpoint needs it: put it back, or save runs with --save_full")
-    if sha256_of(path) != init.get("sha256"):
+    digest = sha256_of(path)
+    if digest != init.get("sha256"):
         raise WarmStartError(f"{checkpoint} was trained from {path} (warm start), which has changed since "
                              f"(sha256 {init.get('sha256', '?')[:12]} expected); restore that file")
-    warm_start(model, path, settings, allow_partial=bool(init.get("partial")), task_map=init.get("task_map") or {})
+    warm_start(model, path, settings, allow_partial=bool(init.get("partial")), task_map=init.get("task_map") or {},
+               sha256=digest)
 
 
 def _read(model: nn.Module, path: Path) -> tuple[dict[str, torch.Tensor], dict | None, str]:
@@ -170,11 +174,7 @@ _PER_TASK_CONTAINERS = ("adapters", "pairs", "prompts")
 """ModuleDict attributes of the PEFT modules whose keys are task names (``shared`` in single mode)."""
 
 
-def _peft_like(state: Mapping[str, Any]) -> set[str]:
-    return {k for k in state if any(f".{c}." in f".{k}" for c in _PER_TASK_CONTAINERS)}
-
-
-def map_tasks(state: dict[str, torch.Tensor], task_map: Mapping[str, list[str]], peft: set[str]) -> dict[str, torch.Tensor]:
+def map_tasks(state: dict[str, torch.Tensor], task_map: Mapping[str, list[str]]) -> dict[str, torch.Tensor]:
     """Rename per-task module keys ``….adapters.SRC.…`` to each of ``task_map[SRC]`` (copies for several)."""
     if not task_map:
         return state
@@ -182,7 +182,7 @@ def map_tasks(state: dict[str, torch.Tensor], task_map: Mapping[str, list[str]],
     for key, value in state.items():
         parts = key.split(".")
         hit = next((i for i in range(1, len(parts)) if parts[i - 1] in _PER_TASK_CONTAINERS
-                    and parts[i] in task_map), None) if key in peft else None
+                    and parts[i] in task_map), None)
         if hit is None:
             out.setdefault(key, value)
             continue

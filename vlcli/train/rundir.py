@@ -91,12 +91,17 @@ def holds_run(out: Path) -> bool:
     return any(_probe(out / name) == "file" for name in RUN_MARKERS)
 
 
-def read_config(out: Path) -> dict[str, Any] | None:
+def _read_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file of the run (None when missing, unreadable or not an object)."""
     try:
-        data = json.loads((out / CONFIG).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_config(out: Path) -> dict[str, Any] | None:
+    return _read_object(out / CONFIG)
 
 
 @dataclass(frozen=True)
@@ -267,11 +272,7 @@ def append_resume(out: Path, entry: dict[str, Any], command: str) -> None:
 
 def read_status(out: Path) -> dict[str, Any] | None:
     """``status.json`` of a run (None when missing or unreadable)."""
-    try:
-        data = json.loads((out / STATUS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return _read_object(out / STATUS)
 
 
 def write_status(out: Path, status: str, message: str = "") -> None:

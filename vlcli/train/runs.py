@@ -73,10 +73,7 @@ def _status(path: Path, epochs_done: int, epochs: int | None) -> str:
                 return "running"
         except (OSError, ValueError):
             pass
-    try:
-        recorded = json.loads((path / rundir.STATUS).read_text(encoding="utf-8")).get("status")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
+    recorded = (rundir.read_status(path) or {}).get("status")
     if recorded == "running":  # no live owner: killed (power cut, OOM, SIGKILL) without saving
         return "interrupted"  # its resume point is the last epoch-end LAST
     if recorded in ("finished", "interrupted", "failed"):
