@@ -90,7 +90,7 @@ def test_features_equal_those_extract_features_stored(run):
     for q in run["questions"][:3]:
         ours = predictor.visual_input(image_of(run, q))
         theirs = stored.get(q["img_id"])[0]
-        assert ours.shape == theirs.shape == (4, 2048)
+        assert ours.shape == theirs.shape == (9, 2048)  # the demo world: 96 px, a 3x3 grid
         np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3)
         assert (ours == theirs).mean() > 0.97
 
@@ -127,7 +127,8 @@ def butd(run, tmp_path_factory):
     with h5py.File(h5, "w") as f:
         for image_id in dict.fromkeys(q["img_id"] for q in run["questions"]):
             g = f.create_group(image_id)
-            g["features"], g["boxes"] = stored.get(image_id)[0], np.zeros((4, 4), np.float32)
+            features = stored.get(image_id)[0]
+            g["features"], g["boxes"] = features, np.zeros((len(features), 4), np.float32)
             g["img_h"], g["img_w"] = 100, 100
     folder = fake_run(run["run"], root / "run", feature_type="butd", demo_world=False)
     return {"run": folder, "h5": h5, "predictor": api.Predictor(folder, features=h5)}

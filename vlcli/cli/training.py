@@ -321,15 +321,16 @@ def _run_summary(engine: Any, history: Any, demo: dict[str, Any] | None, written
     summary.add_row("best valid score", f"{history.best:.2f}" if history.best is not None else "-")
     if demo is not None:
         best = next((r for r in history.records if r.get("epoch") == history.best_epoch), {})
-        for task, (majority, prior) in demo.get("baselines", {}).items():
+        for task, baselines in demo.get("baselines", {}).items():
+            metric = "CIDEr" if task == "caption" else "accuracy"
             metrics = best.get(f"valid/{task}") or {}
-            if metrics.get("accuracy") is None:
+            if metrics.get(metric) is None:
                 continue
             kinds = [f"{k.split('/', 1)[1]} {v:.1f}" for k, v in sorted(metrics.items()) if k.startswith("accuracy/")]
-            summary.add_row(f"{task} valid accuracy (BEST)",
-                            f"{metrics['accuracy']:.2f}" + (f" ({', '.join(kinds)})" if kinds else ""))
+            summary.add_row(f"{task} valid {metric} (BEST)",
+                            f"{metrics[metric]:.2f}" + (f" ({', '.join(kinds)})" if kinds else ""))
             summary.add_row(f"{task} baselines without the image",
-                            f"majority answer {majority:.2f}, question-type prior {prior:.2f}")
+                            ", ".join(f"{name} {value:.2f}" for name, value in baselines.items()))
     summary.add_row("trainable parameters", f"{counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f} %)")
     last = history.records[-1] if history.records else {}
     if last.get("samples_per_s"):
@@ -392,7 +393,7 @@ def _ensure_demo(settings: Settings) -> dict[str, Any]:
     summary = ensure_world(root, feature_type, progress=render.ProgressBar("images"), tasks=tasks)
     if _demo_pretrains(settings):
         settings.derived.load_path = str(_demo_pretrained(settings, root))
-    return {**summary, "baselines": demo_baselines(root)}
+    return {**summary, "baselines": demo_baselines(root, settings.derived.tasks)}
 
 
 def _demo_example(settings: Settings, out: Path) -> None:

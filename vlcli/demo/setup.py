@@ -3,7 +3,7 @@
 Used by ``vlcli finetune ... --profile demo`` (the ``demo_world`` setting) and ``vlcli demo-data``.
 Features come from the real extraction path (:mod:`vlcli.features`) with a small, fixed backbone: a
 randomly initialised CLIP ResNet of the run's ``feature_type`` (seed 0) at the world's image size, i.e.
-a 2x2 grid of 2048-d features for RN50 at 64 px. Random convolutional features keep the colour and
+a 3x3 grid of 2048-d features for RN50 at the world's 96 px (one object per middle-row cell). Random convolutional features keep the colour and
 layout of the shapes, but as a small variation (~8 %) around a large vector every image shares, which
 the model's layer norm cannot tell apart; so the features are **standardised** per channel (mean and std
 of the COCO train2014 images, :data:`STATS_FILE`), recorded in each feature folder's manifest (and reused
@@ -31,7 +31,7 @@ from vlcli.features.common import Progress
 
 WORLD_MARKER = "demo/world.json"
 EXTRACTION_SEED = 0
-EXTRACTION_BATCH = 64  # 64 px images: larger batches than the 224 px CPU default of 8 (3x faster here)
+EXTRACTION_BATCH = 64  # 96 px images: larger batches than the 224 px CPU default of 8 (faster here)
 STATS_FILE = "demo/standardize_{type}.safetensors"
 STATS_IMAGES = 256  # COCO train2014 images the per-channel mean / std are computed from
 # image folder -> feature folder (relative to the data root; the layout vlcli reads, vlcli/data/layout.py)
@@ -53,7 +53,7 @@ TASK_FOLDERS = {
 PRETRAIN_RECIPE: dict[str, Any] = {
     "losses": "lm,qa", "unfreeze_language_model": True, "epochs": 4, "batch_size": 64, "valid_batch_size": 150,
     "lr": 1e-3, "warmup_ratio": 0.05, "clip_grad_norm": 5, "downsample": False, "oneddownsample": False,
-    "num_beams": 1, "gen_max_length": 8, "num_workers": 0,
+    "num_beams": 1, "gen_max_length": 8, "num_workers": 0, "dropout": 0.0,
 }
 """`vlcli pretrain` settings of the demo's VL pretraining (full model, span prediction + QA; see docs/demo.md)."""
 
@@ -76,7 +76,7 @@ def ensure_world(root: Path, feature_type: str = "RN50", image_size: int | None 
     only the folders those tasks read (all folders when None).
     """
     from vlcli.demo.backbone import make_backbones
-    from vlcli.demo.world import WORLD_VERSION, make_world, world_corpus
+    from vlcli.demo.world import IMAGE_SIZE, WORLD_VERSION, make_world, world_corpus
 
     root = Path(root)
     summary = world_summary(root)
@@ -90,7 +90,7 @@ def ensure_world(root: Path, feature_type: str = "RN50", image_size: int | None 
         make_backbones(root, world_corpus(root))
     if feature_type.startswith("raw_"):
         return summary
-    size = int(image_size or summary.get("image_size", 64))
+    size = int(image_size or summary.get("image_size", IMAGE_SIZE))
     prefixes = None if tasks is None else tuple(p for t in tasks for p in TASK_FOLDERS.get(t, ()))
     folders = [f for f in IMAGE_FOLDERS if prefixes is None or f.startswith(prefixes)]
     extract_features(root, feature_type, size, folders, progress)
@@ -139,7 +139,7 @@ def _refuse_unstandardised(job: ClipExtraction) -> None:
 
 
 def _question_type(record: dict[str, Any]) -> str:
-    """The record's ``question_type`` (VQA) or, without one (GQA), its first three words."""
+    """The record's ``question_type`` (VQA) or, without one (GQA questions, NLVR2 statements), its first three words."""
     return str(record.get("question_type") or " ".join(str(record.get("sent", "")).split()[:3]))
 
 
@@ -157,20 +157,58 @@ def prior_baseline(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> fl
     return sum(scores) / max(1, len(scores))
 
 
-def demo_baselines(root: Path) -> dict[str, float]:
-    """``{task: (majority baseline, question-type prior baseline)}`` in % on the validation split the demo
-    profile selects BEST with (VQA karpathy_val, GQA valid)."""
+BASELINE_FILES = {"vqa": ("vqa/karpathy_train.json", "vqa/karpathy_val.json"), "gqa": ("GQA/train.json", "GQA/valid.json"),
+                  "nlvr": ("nlvr/train.json", "nlvr/valid.json")}
+"""Train / validation files of the demo's question-answering tasks (the validation split BEST is selected on)."""
+
+
+def demo_baselines(root: Path, tasks: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+    """What a model that ignores the image reaches on the demo's validation splits, per task (all when ``tasks`` is
+    None): VQA / GQA / NLVR2 accuracy in % of the majority answer and of the question-type prior (NLVR2: the
+    majority label of the statement's first three words); captioning: CIDEr of the commonest training caption
+    given to every image. ``{task: {baseline name: value}}``."""
     from vlcli.demo.world import majority_answer, vqa_accuracy
 
-    out: dict[str, Any] = {}
-    for task, (train_file, val_file) in {"vqa": ("vqa/karpathy_train.json", "vqa/karpathy_val.json"),
-                                         "gqa": ("GQA/train.json", "GQA/valid.json")}.items():
+    out: dict[str, dict[str, float]] = {}
+    for task, (train_file, val_file) in BASELINE_FILES.items():
+        if tasks is not None and task not in tasks:
+            continue
         try:
-            train = json.loads((Path(root) / train_file).read_text(encoding="utf-8"))
-            val = json.loads((Path(root) / val_file).read_text(encoding="utf-8"))
+            train = _labelled(json.loads((Path(root) / train_file).read_text(encoding="utf-8")))
+            val = _labelled(json.loads((Path(root) / val_file).read_text(encoding="utf-8")))
         except (OSError, ValueError):
             continue
         majority = majority_answer(train)
-        out[task] = (100 * sum(vqa_accuracy(majority, r) for r in val) / max(1, len(val)),
-                     100 * prior_baseline(train, val))
+        prior = "statement-type prior" if task == "nlvr" else "question-type prior"
+        out[task] = {"majority answer": 100 * sum(vqa_accuracy(majority, r) for r in val) / max(1, len(val)),
+                     prior: 100 * prior_baseline(train, val)}
+    if tasks is None or "caption" in tasks:
+        caption = _caption_baseline(Path(root))
+        if caption is not None:
+            out["caption"] = {"commonest caption for every image": caption}
     return out
+
+
+def _labelled(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """NLVR2's 0/1 labels as the answers the model generates (``true`` / ``false``); VQA / GQA records unchanged."""
+    return [{**r, "label": {"true" if r["label"] else "false": 1.0}} if isinstance(r.get("label"), int) else r
+            for r in records]
+
+
+def _caption_baseline(root: Path) -> float | None:
+    """CIDEr on Karpathy val of the most frequent training caption (simple tokenisation: the demo captions are plain
+    lower-case words, which the PTB tokeniser the task scores with splits the same way; no Java start)."""
+    from collections import Counter
+
+    from vlcli.metrics.caption import caption_metrics
+
+    try:
+        images = json.loads((root / "COCO/dataset_coco.json").read_text(encoding="utf-8"))["images"]
+    except (OSError, ValueError, KeyError):
+        return None
+    counts = Counter(s["raw"] for im in images if im["split"] == "train" for s in im["sentences"])
+    refs = {im["filename"]: [s["raw"] for s in im["sentences"]] for im in images if im["split"] == "val"}
+    if not counts or not refs:
+        return None
+    common = min(counts, key=lambda c: (-counts[c], c))
+    return caption_metrics({i: common for i in refs}, refs, tokenizer="simple")["CIDEr"]

@@ -1,7 +1,7 @@
 """The demo "shapes" world: a deterministic synthetic data root in the original layout (docs/demo.md).
 
 Every image shows 1–3 coloured shapes (circle / square / triangle, 6 colours, distinct shapes and
-distinct colours within an image, each in its own horizontal slot) on a light background. Questions,
+distinct colours within an image, each in its own horizontal slot of the middle row) on a light background. Questions,
 statements, captions and referring expressions are computed from that scene, so every answer can be
 read off the image. A scene depends only on ``(seed, image id)``; annotation files are written with
 a fixed key order, so the same seed gives byte-identical files.
@@ -36,13 +36,20 @@ NUMBER_WORDS: dict[int, str] = {1: "one", 2: "two", 3: "three"}
 DEFAULT_SIZES: dict[str, int] = {"train": 600, "val": 150, "test": 150}
 """Images per split of each task family (see docs/demo.md for what each split becomes)."""
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 OBJECT_RADIUS = 0.15
 """Half-size of every object (fraction of the image side). One size for all: the amount of colour then tells the
 shapes apart (square > circle > triangle), which the random-init feature extractor sees well."""
 TRAIN_QUESTIONS = 8
 """VQA questions per karpathy_train image (2 per image in the other splits): 4,800 training questions over 600
 images, enough for the tiny model to learn to read the shapes (version 1 had 2 and stayed near the priors)."""
+TRAIN_STATEMENTS = 8
+"""NLVR2 statements per train image pair (half true, half false, duplicates dropped; 2 per pair in valid / test):
+with 2, the 600 training statements left NLVR2 near chance in the multitask demo."""
+IMAGE_SIZE = 96
+"""Default image side in pixels: a 3x3 grid of CLIP ResNet features (32 px cells), the objects in the middle row so
+that each sits in one cell (version 2 drew 64 px images, a 2x2 grid, at any height: each cell mixed two objects and
+the tiny model could not read shapes, ~50 % on "what shape is the red object?")."""
 MANIFEST = "demo/world.json"
 SCENES = "demo/scenes.json"
 
@@ -79,7 +86,7 @@ def make_scene(seed: int, image_id: str, n_objects: int | None = None) -> list[d
         rng.uniform(0.11, 0.15)  # version 1 drew the size here; the draw is kept so positions stay the same
         r = OBJECT_RADIUS
         x = (slot + 0.5) / 3 + rng.uniform(-0.03, 0.03)
-        y = rng.uniform(0.25, 0.75)
+        y = 0.5 + rng.uniform(-0.02, 0.02)  # the middle row: one object per cell of the 3x3 feature grid
         objects.append({"shape": shape, "color": color, "slot": SLOTS[slot], "x": round(x, 4), "y": round(y, 4),
                         "r": round(r, 4)})
     return objects
@@ -227,6 +234,21 @@ def nlvr_statement(left: list[dict[str, Any]], right: list[dict[str, Any]], rng:
     raise DemoWorldError("could not build an NLVR statement")  # pragma: no cover - 200 tries always suffice
 
 
+def _statement_pairs(left: list[dict[str, Any]], right: list[dict[str, Any]], rng: random.Random, first: bool,
+                     pairs: int) -> list[tuple[bool, str]]:
+    """Up to ``pairs`` distinct (``first``, ``not first``) statement pairs about an image pair, interleaved: as many
+    true as false statements (a pair with few distinct true statements gets fewer pairs)."""
+    found: dict[bool, list[str]] = {first: [], not first: []}
+    for truth in found:
+        for _ in range(4 * pairs):
+            sent = nlvr_statement(left, right, rng, truth)
+            if sent not in found[truth]:
+                found[truth].append(sent)
+            if len(found[truth]) == pairs:
+                break
+    return [(t, found[t][k]) for k in range(min(map(len, found.values()))) for t in (first, not first)]
+
+
 def nlvr_truth(statement: str, left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
     """Re-derive the truth of a statement built by :func:`nlvr_statement` (used by the tests)."""
     words = statement.rstrip(".").split()
@@ -299,7 +321,7 @@ def make_world(
     *,
     seed: int = 0,
     n_images: dict[str, int] | None = None,
-    image_size: int = 64,
+    image_size: int = IMAGE_SIZE,
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Write the demo data root under ``root`` and return a summary (also saved as ``demo/world.json``).
@@ -387,18 +409,19 @@ def make_world(
     _dump(root / "GQA/trainval_ans2label.json", {a: i for i, a in enumerate(gqa_answers)}, counts, len(gqa_answers))
     _dump(root / "GQA/trainval_label2ans.json", gqa_answers, counts, len(gqa_answers))
 
-    # ---- NLVR2: pairs of images, two statements per pair (one true, one false)
+    # ---- NLVR2: pairs of images, statements alternately true and false (TRAIN_STATEMENTS per train pair, 2 otherwise)
     for split, n in (("train", n_train), ("valid", n_val), ("test", n_test)):
         records = []
+        per_pair = TRAIN_STATEMENTS if split == "train" else 2
         for p in range(max(1, n // 2)):
             ident = f"{split}-{p}-0"
             img0, img1 = f"{ident}-img0", f"{ident}-img1"
             left, right = w.image("nlvr/images", img0, "png"), w.image("nlvr/images", img1, "png")
             rng = _rng(seed, "nlvr", ident)
             first = rng.random() < 0.5
-            for s, truth in enumerate((first, not first)):
+            for s, (truth, sent) in enumerate(_statement_pairs(left, right, rng, first, per_pair // 2)):
                 records.append({"identifier": f"{ident}-{s}", "img0": img0, "img1": img1, "label": int(truth),
-                                "sent": nlvr_statement(left, right, rng, truth), "uid": f"nlvr2_{split}_{len(records)}"})
+                                "sent": sent, "uid": f"nlvr2_{split}_{len(records)}"})
         _dump(root / f"nlvr/{split}.json", records, counts, len(records))
 
     # ---- COCO Karpathy captions: train2014 -> train, karpathy_val/test images -> val/test
