@@ -242,6 +242,8 @@ class VLModel(nn.Module):
             )
         cfg = self.visual
         reduction = cfg.reduction if reduce else "none"
+        if vis_feats.dtype == torch.float16:  # stored / collated as float16; pooled and projected in float32
+            vis_feats = vis_feats.float()
         if vis_pos is None:
             vis_pos = vis_feats.new_zeros(*vis_feats.shape[:-1], 4)
         if vis_feats.dim() == 4:  # (B, I, V, F): reduce per image, then concatenate the images

@@ -130,15 +130,10 @@ def resolve_workers(value: int | str, ctx: dist.Context) -> int:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors to ``device`` (asynchronously from pinned memory); float16 features become float32 there."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if value.dtype == torch.float16:
-                value = value.float()
-        out[key] = value
-    return out
+    """Tensors to ``device`` (asynchronously from pinned memory). Float16 features stay float16: the model's
+    visual embedding casts them (``VLModel.embed_visual``), so the cast is device work inside the step."""
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
 
 
 def prefetched(batches: Iterable[Any], device: torch.device, tagged: bool = False) -> Iterator[Any]:
