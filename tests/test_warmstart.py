@@ -130,3 +130,30 @@ def test_eval_load_stays_exact(cli, world, pretrained, tmp_path):
     res = cli("eval", "vqa", "--load", str(pretrained["full"] / "BEST"), "--data_root", str(world["data"]),
               "--feature_type", FEATURE_TYPE, "--use_lora", "--output", str(tmp_path / "e"))
     assert res.code == 2 and "method settings differ" in res.err
+
+
+def test_peft_export_of_a_warm_started_run_carries_its_base_weights(cli, world, pretrained, tmp_path):
+    """LoRA trained on the pretrained weights: the PEFT export saves them as base/ (the --backbone is not the base),
+    and PeftModel on that base gives vlcli's text logits."""
+    peft = pytest.importorskip("peft", reason="the peft extra is not installed (pip install -e '.[peft]')")
+    from transformers import AutoModelForSeq2SeqLM
+
+    from tests.test_export import text_logits, vlcli_logits
+
+    run = tmp_path / "lora"
+    assert cli(*vqa(world, run, "--use_lora", "--lora_dim", "4", "--load", str(pretrained["full"] / "BEST"))).code == 0
+    out = tmp_path / "peft"
+    res = cli("export", str(run), "--format", "peft", "--out", str(out))
+    assert res.code == 0, res.err
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(out / "base")
+    card = (out / "README.md").read_text()
+    assert "warm-start checkpoint" in card and str(pretrained["full"] / "BEST.safetensors") in card
+    base = AutoModelForSeq2SeqLM.from_pretrained(str(out / "base")).eval()
+    model = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    torch.testing.assert_close(text_logits(model), vlcli_logits(run, "vqa"), rtol=0, atol=1e-6)
+    # the backbone as base would not give them: the pretrained weights matter
+    plain = AutoModelForSeq2SeqLM.from_pretrained(str(world["t5"]))
+    plain.resize_token_embeddings(base.get_input_embeddings().num_embeddings)
+    other = peft.PeftModel.from_pretrained(plain.eval(), str(out)).eval()
+    assert not torch.allclose(text_logits(other), text_logits(model), atol=1e-3)

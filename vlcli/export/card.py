@@ -46,12 +46,18 @@ def write_card(out: Path, run: Path, config: dict[str, Any], fmt: str, checkpoin
     tasks = tasks if isinstance(tasks, str) else ",".join(tasks or [])
     share = f"{params['percent']:.2f} % ({params['trainable']:,} of {params['total']:,} parameters)" if params else "-"
     command = shlex.join(provenance.get("argv") or []) or "-"
+    init = provenance.get("init") or {}
+    base = f"`{config.get('backbone')}`"
+    if init:
+        base = (f"`{config.get('backbone')}` architecture with the weights of the warm-start checkpoint "
+                f"`{init.get('path')}` (sha256 {str(init.get('sha256'))[:12]})"
+                + (", saved in `base/`" if fmt == "peft" else ""))
     lines = [
         f"# {config.get('run_name') or run.name}",
         "",
         f"Exported by `vlcli export` from `{run}` ({checkpoint} checkpoint), format `{fmt}`.",
         "",
-        f"- base model: `{config.get('backbone')}`",
+        f"- base model: {base}",
         f"- method: {method_name(config)}",
         f"- tasks: {tasks}",
         f"- visual input: `{config.get('feature_type')}`",
@@ -73,6 +79,7 @@ def write_card(out: Path, run: Path, config: dict[str, Any], fmt: str, checkpoin
             "from transformers import AutoModelForSeq2SeqLM, AutoTokenizer",
             "",
             "tokenizer = AutoTokenizer.from_pretrained(DIR)  # the VL tokenizer (<extra_id_k>, <vis_extra_id_k>)",
+            "base = AutoModelForSeq2SeqLM.from_pretrained(DIR + '/base')  # the warm-start weights" if init else
             f"base = AutoModelForSeq2SeqLM.from_pretrained({config.get('backbone')!r})",
             "base.resize_token_embeddings(len(tokenizer))",
             "model = PeftModel.from_pretrained(base, DIR)" if len(adapters) <= 1 else

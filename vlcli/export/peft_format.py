@@ -74,8 +74,13 @@ def trained_biases(model: Any, settings: Any) -> dict[str, torch.Tensor]:
     return out
 
 
-def adapter_config(settings: Any, family: str, bias: bool) -> dict[str, Any]:
-    """``adapter_config.json``: peft's LoraConfig of the run (through peft when installed, for its full schema)."""
+BASE_DIR = "base"
+"""Where the export of a warm-started run saves its base model (the warm-start weights under LoRA)."""
+
+
+def adapter_config(settings: Any, family: str, bias: bool, base: str | None = None) -> dict[str, Any]:
+    """``adapter_config.json``: peft's LoraConfig of the run (through peft when installed, for its full schema).
+    ``base``: the base model's path when it is not the run's ``--backbone`` (a warm-started run)."""
     from vlcli.peft.lora import LORA_DROPOUT
 
     values = {
@@ -86,7 +91,7 @@ def adapter_config(settings: Any, family: str, bias: bool) -> dict[str, Any]:
         "bias": "all" if bias else "none",
         "modules_to_save": list(EMBEDDINGS[family]),
         "task_type": "SEQ_2_SEQ_LM",
-        "base_model_name_or_path": str(settings.get("backbone")),
+        "base_model_name_or_path": base or str(settings.get("backbone")),
         "inference_mode": True,
     }
     try:
@@ -111,7 +116,11 @@ def write_peft_adapters(run: Path, tensors: Path, config: dict[str, Any], out: P
         in_adapter: dict[str, torch.Tensor] = {}
     else:
         in_adapter = biases
-    cfg = adapter_config(settings, model.family, bool(in_adapter))
+    base = None
+    if (config.get("_run") or {}).get("init"):  # warm-started: LoRA sits on the init checkpoint's weights
+        base = str(out / BASE_DIR)
+        files += save_base(model, out / BASE_DIR)
+    cfg = adapter_config(settings, model.family, bool(in_adapter), base)
     for index, adapter in enumerate(adapters):
         state = adapter_state(model, adapter, in_adapter)
         targets = [out] if len(adapters) == 1 else ([out, out / adapter] if index == 0 else [out / adapter])
@@ -126,3 +135,11 @@ def write_peft_adapters(run: Path, tensors: Path, config: dict[str, Any], out: P
         save_file(visual, str(out / "visual_embedding.safetensors"), metadata={"format": "pt"})
         files.append(out / "visual_embedding.safetensors")
     return files, ["default" if a == "shared" else a for a in adapters]
+
+
+def save_base(model: Any, folder: Path) -> list[Path]:
+    """The text model's own weights (``save_pretrained``, vocabulary already resized; no vlcli PEFT module):
+    the base a warm-started run's LoRA was trained on, which its ``--backbone`` is not."""
+    state = {k: v for k, v in model.lm.state_dict().items() if ".vl_" not in k}
+    model.lm.save_pretrained(str(folder), state_dict=state)
+    return sorted(p for p in folder.iterdir() if p.is_file())
