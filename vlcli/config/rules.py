@@ -580,10 +580,24 @@ def _r32(c: RuleContext):
     if c.command not in (*COMMANDS_TRAINING, None, "inspect-config"):
         yield W("R32", f"--deepspeed ignored by `{c.command}`: it applies to finetune and pretrain.", "deepspeed")
         return
-    if not _bad_path(c, "deepspeed") and not is_file(user_path(ds)):
-        yield E("R32", f"--deepspeed {ds}: file not found; give the path of a DeepSpeed JSON config.", "deepspeed")
-    if c.v("fp16"):
-        yield W("R32", "--fp16 with --deepspeed: precision is taken from the DeepSpeed config; no gradient scaler.", "fp16")
+    from vlcli.config import deepspeed as dsc
+
+    if dsc.is_shorthand(ds):
+        cfg = dsc.load_config(ds)
+    elif _bad_path(c, "deepspeed"):
+        return
+    elif not is_file(user_path(ds)):
+        yield E("R32", f"--deepspeed {ds}: file not found; give the path of a DeepSpeed JSON config, or zero2 / zero3.",
+                "deepspeed")
+        return
+    else:
+        try:
+            cfg = dsc.load_config(str(user_path(ds)))
+        except dsc.DeepSpeedConfigError as e:
+            yield E("R32", f"--deepspeed {ds}: {e}.", "deepspeed")
+            return
+    for problem in dsc.precision_conflicts(cfg, bool(c.v("fp16"))):
+        yield E("R32", f"--deepspeed {ds}: {problem} (one source of truth for precision).", "deepspeed", "fp16")
 
 
 @rule("R33")

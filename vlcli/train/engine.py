@@ -653,15 +653,16 @@ class Engine:
 
 
 def _check_deepspeed(settings: Any) -> None:
-    """--deepspeed is refused before anything expensive is built."""
+    """--deepspeed is refused before anything expensive is built (its config is checked by rule R32)."""
     if not settings.get("deepspeed"):
         return
     import importlib.util
 
+    from vlcli.config.deepspeed import missing_message
+
     if importlib.util.find_spec("deepspeed") is None:
-        raise VlcliError(f"--deepspeed {settings.get('deepspeed')}: the deepspeed package is not installed; "
-                         "`pip install deepspeed`, or drop --deepspeed")
+        raise VlcliError(missing_message(settings.get("deepspeed")))
     from vlcli.errors import NotImplementedYetError
 
-    raise NotImplementedYetError("--deepspeed (through accelerate) is not part of this version; "
-                                 "drop it to train with DDP")
+    raise NotImplementedYetError("--deepspeed: training through DeepSpeed is not part of this version (the config "
+                                 "is checked); drop it to train with DDP")
