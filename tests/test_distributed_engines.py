@@ -52,3 +52,11 @@ def test_missing_package_message_names_the_extra():
     from vlcli.config.deepspeed import missing_message
 
     assert 'pip install -e ".[deepspeed]"' in missing_message("zero2")
+
+
+def test_deepspeed_is_refused_before_the_demo_world_or_the_run_directory_exist(cli, tmp_path):
+    root, out = tmp_path / "demo-data", tmp_path / "run"
+    res = cli("finetune", "vqa", "--adapter", "lora", "--profile", "demo", "--data_root", str(root),
+              "--backbone", str(root / "backbones/t5-demo"), "--output", str(out), "--deepspeed", "zero2")
+    assert res.code in (2, 3) and "--deepspeed zero2" in res.err and "Traceback" not in res.err
+    assert not root.exists() and not out.exists()
