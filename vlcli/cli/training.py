@@ -272,9 +272,9 @@ def _warm_start_table(init: Any) -> Table:
 
 def _open_session(settings: Settings, command: str, needs_test: bool) -> RunSession | None:
     """The run directory decision (before any slow work); None when a --resume finds the run finished."""
-    from vlcli.train.engine import _check_deepspeed
+    from vlcli.train.engine import check_deepspeed
 
-    _check_deepspeed(settings)  # refused before the run directory, the demo set-up or the model
+    check_deepspeed(settings)  # refused before the run directory, the demo set-up or the model
     session = RunSession(settings, command, needs_test)
     if session.finished:
         render.err.print(f"[green]{session.out} finished all {settings.get('epochs')} epochs; nothing to resume[/] "

@@ -10,24 +10,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+_AUTO = {"fp16": {"enabled": "auto"}, "bf16": {"enabled": "auto"}, "gradient_accumulation_steps": "auto",
+         "gradient_clipping": "auto", "train_micro_batch_size_per_gpu": "auto"}
+_ZERO = {"overlap_comm": False, "contiguous_gradients": True}
 SHORTHANDS: dict[str, dict[str, Any]] = {
-    "zero2": {
-        "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
-        "fp16": {"enabled": "auto"},
-        "bf16": {"enabled": "auto"},
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-    },
-    "zero3": {
-        "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
-                              "stage3_gather_16bit_weights_on_model_save": True},
-        "fp16": {"enabled": "auto"},
-        "bf16": {"enabled": "auto"},
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-    },
+    "zero2": {"zero_optimization": {"stage": 2, **_ZERO}, **_AUTO},
+    "zero3": {"zero_optimization": {"stage": 3, **_ZERO, "stage3_gather_16bit_weights_on_model_save": True}, **_AUTO},
 }
 """Built-in configs; ``"auto"`` values are filled from vlcli's settings (--fp16, --gradient_accumulation_steps, --clip_grad_norm,
 --batch_size)."""

@@ -225,7 +225,7 @@ class Engine:
         self.settings = settings
         self.epoch_checkpoints = epoch_checkpoints
         self.command = command
-        _check_deepspeed(settings)
+        check_deepspeed(settings)
         self.ctx = ctx or dist.setup()
         self.reporter: Reporter = (reporter or SilentReporter()) if self.ctx.is_main else SilentReporter()
         self.out = Path(settings.get("output"))
@@ -652,7 +652,7 @@ class Engine:
         return written
 
 
-def _check_deepspeed(settings: Any) -> None:
+def check_deepspeed(settings: Any) -> None:
     """--deepspeed is refused before anything expensive is built (its config is checked by rule R32)."""
     if not settings.get("deepspeed"):
         return
