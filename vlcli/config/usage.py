@@ -18,7 +18,7 @@ OPTIMISATION = frozenset({
     "log_train_accuracy", "dry", "resume", "overwrite", "save_full", "best_metric", "sync_every", "compile",
     "frozen_dtype",
     "report_to", "run_name", "comment", "multitask_sampling", "use_separate_optimizer_for_visual",
-    "use_adam_for_visual", "use_data_augmentation", "augment_hflip", "from_scratch", "deepspeed", "init_task_map",
+    "use_adam_for_visual", "use_data_augmentation", "augment_hflip", "from_scratch", "deepspeed", "fsdp", "init_task_map",
     "shuffle_boxes", "freeze_bn_statistics", "freeze_ln_statistics", "track_z", "lambda_z",
 })
 """Read only while training (the optimiser, the schedule, the run directory, training-time data options)."""
