@@ -1,13 +1,22 @@
-"""--deepspeed configuration: the built-in shorthands, the precision rule (R32), the install message."""
+"""--deepspeed: the built-in shorthands, the precision rule (R32), the install message, and real 2-process
+ZeRO-2 / ZeRO-3 runs on CPU (gloo, DS_ACCELERATOR=cpu) checked against DDP, `eval --load` and `--resume`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from vlcli.config import deepspeed as dsc
 from vlcli.config.resolve import resolve
+from tests.world import FEATURE_TYPE
 
 
 def _r32(cli, env=None, command="finetune"):
@@ -54,9 +63,131 @@ def test_missing_package_message_names_the_extra():
     assert 'pip install -e ".[deepspeed]"' in missing_message("zero2")
 
 
-def test_deepspeed_is_refused_before_the_demo_world_or_the_run_directory_exist(cli, tmp_path):
+def _without_deepspeed(monkeypatch):
+    """The package looks absent (as on a machine without the extra)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+
+
+def test_deepspeed_without_the_package_is_refused_before_the_demo_world_or_the_run_directory(cli, tmp_path,
+                                                                                            monkeypatch):
+    _without_deepspeed(monkeypatch)
     root, out = tmp_path / "demo-data", tmp_path / "run"
     res = cli("finetune", "vqa", "--adapter", "lora", "--profile", "demo", "--data_root", str(root),
               "--backbone", str(root / "backbones/t5-demo"), "--output", str(out), "--deepspeed", "zero2")
-    assert res.code in (2, 3) and "--deepspeed zero2" in res.err and "Traceback" not in res.err
+    assert res.code == 2 and "--deepspeed zero2: the deepspeed package is not installed" in res.err
+    assert 'pip install -e ".[deepspeed]"' in res.err and "Traceback" not in res.err
     assert not root.exists() and not out.exists()
+
+
+# ------------------------------------------------------------------------------ real runs (2 processes)
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                     reason="deepspeed is not installed: pip install -e '.[deepspeed]' (in [dev])")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from tests.test_pretrain import write_pretraining_data
+    from tests.tiny import make_backbone_dir
+    from tests.world import make_world
+
+    root = tmp_path_factory.mktemp("ds")
+    data = make_world(root / "datasets")
+    write_pretraining_data(data)
+    return {"data": data, "t5": make_backbone_dir(root / "t5", "t5")}
+
+
+def _finetune(world, out, *extra):
+    return ["finetune", "vqa", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
+            FEATURE_TYPE, "--downsample", "false", "--batch_size", "3", "--num_workers", "0", "--epochs", "2",
+            "--use_adapter", "--lr", "3e-3", "--output", str(out), *extra]
+
+
+def _launch(args, env=None, timeout=300):
+    """``torchrun --nproc_per_node 2 -m vlcli ARGS`` on CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "vlcli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def _predictions(path):
+    return {p["id"]: p["prediction"] for p in json.loads(path.read_text())}
+
+
+@pytest.fixture(scope="module")
+def ddp(world, tmp_path_factory):
+    """The reference: the same fine-tuning with DDP (vlcli's own loop)."""
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    proc = _launch(_finetune(world, run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_training_matches_ddp_and_its_checkpoint_evaluates_to_the_same_predictions(cli, world, ddp, tmp_path,
+                                                                                       stage):
+    run = tmp_path / stage
+    if stage == "zero3":  # interrupted mid-epoch (Ctrl-C after step 3 of 4), then resumed from LAST + LAST.deepspeed
+        proc = _launch(_finetune(world, run, "--deepspeed", stage, "--sync_every", "1"),
+                       env={"VLCLI_INTERRUPT_AT": "step:3"})
+        assert proc.returncode != 0 and "interrupted at epoch 1, batch 1" in proc.stderr, proc.stderr[-3000:]
+        assert (run / "LAST.deepspeed" / "engine").is_dir() and len(_records(run)) == 1
+        proc = _launch(_finetune(world, run, "--deepspeed", stage, "--sync_every", "1", "--resume"))
+    else:
+        proc = _launch(_finetune(world, run, "--deepspeed", stage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "is deprecated" not in proc.stderr
+
+    # the same training as DDP: loss curve and the trained weights (gathered from the ZeRO shards)
+    ours, reference = _records(run), _records(ddp)
+    assert [r["train_samples"] for r in ours] == [12, 12]
+    assert [r["train_loss"] for r in ours] == pytest.approx([r["train_loss"] for r in reference], abs=1e-5)
+    a, b = load_file(run / "LAST.safetensors"), load_file(ddp / "LAST.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    # the checkpoint is a plain vlcli run: `eval --load` (one process, no DeepSpeed) predicts what the DeepSpeed
+    # model predicted at the end of the run
+    written = _predictions(run / "vqa_karpathy_test_predictions.json")
+    assert sorted(written) == [2000, 2001, 2002, 2003] and any(written.values())
+    res = cli("eval", "vqa", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
+              FEATURE_TYPE, "--downsample", "false", "--use_adapter", "--load", str(run), "--output", str(tmp_path / "e"))
+    assert res.code == 0, res.err
+    assert _predictions(tmp_path / "e" / "vqa_karpathy_test_predictions.json") == written
+
+
+@needs_deepspeed
+def test_zero3_full_pretraining_checkpoint_gives_the_deepspeed_models_validation(world, tmp_path):
+    from vlcli import api
+    from vlcli.train.engine import Engine
+
+    run = tmp_path / "pre"
+    args = ["pretrain", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feat_dim", "2048",
+            "--n_boxes", "4", "--batch_size", "4", "--losses", "lm,qa", "--unfreeze_language_model", "--epochs", "1",
+            "--num_workers", "0", "--deepspeed", "zero3", "--output", str(run)]
+    proc = _launch(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recorded = _records(run)[-1]["valid/pretrain"]
+
+    settings = api.load_settings(command="pretrain", backbone=str(world["t5"]), data_root=str(world["data"]),
+                                 feat_dim=2048, n_boxes=4, batch_size=4, losses="lm,qa", unfreeze_language_model=True,
+                                 output=str(tmp_path / "again"))
+    engine = Engine(settings, roles=("valid",))
+    engine.load_weights(run / "BEST.safetensors")
+    again, _, _ = engine.evaluate(engine.tasks[0], "valid")
+    assert again["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
+    assert again["qa_accuracy"] == pytest.approx(recorded["qa_accuracy"])

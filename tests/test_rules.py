@@ -105,6 +105,10 @@ CASES = [
     ("R53", "error", None, None, {"tokenizer": "/nonexistent/tok"}, None, "--tokenizer /nonexistent/tok: no such local"),
     ("R54", "error", None, None, {"output": "~nouser/run"}, None, "--output ~nouser/run: ~nouser names no user"),
     ("R54", "error", None, None, {"data_paths": "vqa.questions=/d/" + "q" * 256}, None, "file names are limited to 255"),
+    ("R32", "error", "finetune", "vqa", {"deepspeed": "zero2", "use_separate_optimizer_for_visual": "1"}, None,
+     "drop --use_separate_optimizer_for_visual"),
+    ("R56", "error", "pretrain", None, {"fsdp": "1", "deepspeed": "zero3"}, None, "choose one"),
+    ("R56", "warning", "finetune", "vqa", {"fsdp": "1", "use_lora": "1"}, None, "saves little memory"),
     ("R55", "error", "finetune", "vqa", {"init_task_map": "pretrain"}, None, "'pretrain' is not SOURCE=TARGET"),
     ("R55", "error", "finetune", "vqa", {"init_task_map": "pretrain=gqa"}, None, "target gqa is not a task of this run"),
     ("R55", "warning", "finetune", "vqa", {"init_task_map": "pretrain=vqa"}, None, "--init_task_map ignored"),
@@ -134,7 +138,7 @@ def test_r31_multitask_without_distributed_is_accepted():
 
 def test_every_rule_has_a_case():
     covered = {c[0] for c in CASES} | {"R31", "R34"}
-    expected = {f"R{i}" for i in range(1, 51)} | {"R53", "R54", "R55"}
+    expected = {f"R{i}" for i in range(1, 51)} | {"R53", "R54", "R55", "R56"}
     assert expected <= covered
     assert set(RULES) | {"R31", "R47"} == expected  # R47 is checked while resolving `load`
 

@@ -88,4 +88,4 @@ def resolve(cfg: dict[str, Any], *, fp16: bool, batch_size: int, accumulation: i
 def missing_message(value: str) -> str:
     """The one-line error of ``--deepspeed`` without the package."""
     return (f"--deepspeed {value}: the deepspeed package is not installed; install it with "
-            "`DS_BUILD_OPS=0 pip install -e \".[deepspeed]\"`, or drop --deepspeed")
+            "`pip install -e \".[deepspeed]\"` (or `pip install deepspeed`), or drop --deepspeed")

@@ -598,6 +598,21 @@ def _r32(c: RuleContext):
             return
     for problem in dsc.precision_conflicts(cfg, bool(c.v("fp16"))):
         yield E("R32", f"--deepspeed {ds}: {problem} (one source of truth for precision).", "deepspeed", "fp16")
+    if c.v("use_separate_optimizer_for_visual"):
+        yield E("R32", f"--deepspeed {ds} trains with one optimiser; drop --use_separate_optimizer_for_visual.",
+                "deepspeed", "use_separate_optimizer_for_visual")
+
+
+@rule("R56")
+def _r56(c: RuleContext):
+    if not c.v("fsdp") or c.command not in (*COMMANDS_TRAINING, None, "inspect-config"):
+        return
+    if c.v("deepspeed") is not None:
+        yield E("R56", "--fsdp and --deepspeed both shard the model; choose one.", "fsdp", "deepspeed")
+    elif not c.v("unfreeze_language_model"):
+        yield W("R56", "--fsdp with a frozen backbone (a PEFT run) saves little memory: the frozen weights are sharded "
+                "but the gradients and optimiser state are already small; plain DDP is usually faster "
+                "(docs/distributed.md).", "fsdp")
 
 
 @rule("R33")

@@ -105,7 +105,7 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
     out: dict[str, dict[str, int]] = {}
     total = trainable = 0
     for name, param in model.named_parameters():  # remove_duplicate=True: tied weights once
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()  # ZeRO-3 partitions hold a shard (numel 0)
         key = group_of(name, groups)
         if key == BACKBONE_GROUP:
             key = special.get(id(param), key)

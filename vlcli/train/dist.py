@@ -65,6 +65,15 @@ def gather_pairs(ctx: Context, pairs: Iterable[tuple[Hashable, Any]]) -> dict[Ha
     return merged
 
 
+def broadcast_object(ctx: Context, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (e.g. the validation score only rank 0 computes)."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()

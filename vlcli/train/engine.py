@@ -16,6 +16,7 @@ to touch existing runs, the lock, ``config.json``) is :mod:`vlcli.train.rundir`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -35,7 +36,7 @@ from vlcli.data.sampling import MultitaskLoader
 from vlcli.errors import VlcliError
 from vlcli.tasks import get_task
 from vlcli.tasks.base import TaskDataset, seed_worker
-from vlcli.train import dist
+from vlcli.train import backends, dist
 from vlcli.train.optim import build_optimizers, linear_schedule, total_steps
 from vlcli.train.report import Reporter, SilentReporter, plot_curves
 from vlcli.train.rundir import now_iso
@@ -248,6 +249,9 @@ class Engine:
         self.num_workers = resolve_workers(settings.get("num_workers"), self.ctx)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.backend = backends.for_settings(settings, self.ctx)  # DeepSpeed, or None: vlcli's own loop
+        if self.backend is not None:
+            self.scaler = None  # precision, scaling and clipping are DeepSpeed's
 
     def _amp_dtype(self) -> torch.dtype | None:
         cuda = self.ctx.device.type == "cuda"
@@ -311,6 +315,15 @@ class Engine:
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> None:
         """``NAME.safetensors`` + manifest (+ ``NAME.state.pt`` for resuming); rank 0 only."""
+        if self.backend is not None:  # collective: every rank gathers the shards / writes its engine state
+            with self.backend.full_params(self.module):
+                self._save_files(name, state)
+            if state is not None:
+                self.backend.save_state(self.out, name)
+            return
+        self._save_files(name, state)
+
+    def _save_files(self, name: str, state: dict[str, Any] | None) -> None:
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +332,11 @@ class Engine:
             atomic_torch_save(self.out / f"{name}{STATE_SUFFIX}", state)
 
     def load_weights(self, path: str | Path) -> None:
+        """Weights from a vlcli checkpoint (every rank; under ZeRO-3 into the gathered parameters)."""
+        with self.backend.full_params(self.module, modify=True) if self.backend is not None else nullcontext():
+            self._load_weights(path)
+
+    def _load_weights(self, path: str | Path) -> None:
         report = api.load_checkpoint(self.module, path, allow_partial=self.settings.get("allow_partial_load"),
                                      settings=self.settings)
         skipped = len(report.missing) + len(report.unexpected) + len(report.skipped_shape)
@@ -333,7 +351,8 @@ class Engine:
             "optimizers": [o.state_dict() for o in plan.optimizers],
             "schedulers": [s.state_dict() for s in plan.schedulers],
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "position": self.position.to_dict(),
+            "position": {**self.position.to_dict(),  # every rank's share of the epoch (rank 0 resumes with all of it)
+                         "tally": dataclasses.asdict(self._reduce(self.position.tally))},
             "history": self.history.records,
             "best": self.history.best,
             "best_epoch": self.history.best_epoch,
@@ -350,7 +369,10 @@ class Engine:
         if not state_path.is_file():
             raise TrainingError(f"--resume: {state_path} does not exist; there is no interrupted run to resume")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        self.load_weights(self.out / "LAST.safetensors")
+        if self.backend is not None:
+            self.backend.load_state(self.out, "LAST")  # weights, optimiser, schedule: DeepSpeed's own state
+        else:
+            self.load_weights(self.out / "LAST.safetensors")
         for opt, st in zip(plan.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(st)
         for sch, st in zip(plan.schedulers, state["schedulers"], strict=True):
@@ -358,6 +380,8 @@ class Engine:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.position = Position.from_dict(state["position"])
+        if not self.ctx.is_main:  # the saved tally already sums every rank's part
+            self.position.tally = EpochTally(seconds=self.position.tally.seconds)
         self.history = History(state["history"], state["best"], state["best_epoch"])
         set_rng_state(self.position.rng_epoch_start or state["rng"])
         self._resume_rng = state["rng"] if self.position.batches_done else None
@@ -365,7 +389,7 @@ class Engine:
     # ---------------------------------------------------------------------------------- training
 
     def _wrap(self) -> None:
-        if self.ctx.distributed and self.model is self.module:
+        if self.ctx.distributed and self.model is self.module and self.backend is None:
             from torch.nn.parallel import DistributedDataParallel
 
             per_task = len(self.tasks) > 1  # per-task modules idle on other tasks' batches
@@ -403,6 +427,9 @@ class Engine:
         optimizers = build_optimizers(self.module, s)
         steps = total_steps(len(loader), accumulation, epochs)
         schedulers = [linear_schedule(o, steps, s.get("warmup_ratio")) for o in optimizers]
+        if self.backend is not None:  # the optimiser is stepped and saved by DeepSpeed
+            self.model = self.backend.wrap(self.module, optimizers, schedulers)
+            optimizers = []
         return TrainingPlan(loader, optimizers, schedulers, epochs, accumulation)
 
     def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> History:
@@ -500,8 +527,11 @@ class Engine:
                 correct, total = get_task(task).train_accuracy(out.logits, batch)
                 tally.correct += correct
                 tally.total += total
-            scaled = loss / plan.accumulation
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            if self.backend is not None:
+                self.backend.backward(loss, window_end)
+            else:
+                scaled = loss / plan.accumulation
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         tally.loss_count += 1
         tally.seen += len(batch["ids"])
         if window_end:
@@ -524,6 +554,9 @@ class Engine:
             return self.model(**inputs)
 
     def _optimizer_step(self, plan: TrainingPlan) -> None:
+        if self.backend is not None:
+            self.backend.step()
+            return
         clip = self.settings.get("clip_grad_norm")
         if self.scaler:
             for opt in plan.optimizers:
@@ -562,7 +595,7 @@ class Engine:
         if self.settings.get("log_train_accuracy") and tally.total:
             record["train_accuracy"] = round(100.0 * tally.correct / tally.total, 2)
         record.update(self._evaluate_all("valid"))
-        score_now = record.get("score")
+        score_now = dist.broadcast_object(self.ctx, record.get("score"))  # one BEST decision on every rank
         if score_now is not None and (self.history.best is None or score_now > self.history.best):
             self.history.best, self.history.best_epoch = score_now, epoch
             self.save("BEST")
@@ -605,9 +638,11 @@ class Engine:
         self.module.eval()
         self.reporter.evaluating(task, split, len(loader))
         pairs: list[tuple[Hashable, Any]] = []
-        for batch in prefetched(loader, self.ctx.device):
-            with self._autocast():
-                pairs += list(get_task(task).predict(self.module, batch, self.settings, self.tokenizer).items())
+        # ZeRO-3: the full parameters gathered once (a rank's generation length must not drive collectives)
+        with self.backend.full_params(self.module) if self.backend is not None else nullcontext():
+            for batch in prefetched(loader, self.ctx.device):
+                with self._autocast():
+                    pairs += list(get_task(task).predict(self.module, batch, self.settings, self.tokenizer).items())
         return dist.gather_pairs(self.ctx, pairs), ds
 
     def evaluate(self, task: str, role: str) -> tuple[dict[str, Any], dict[Hashable, Any], TaskDataset]:
@@ -653,7 +688,7 @@ class Engine:
 
 
 def check_deepspeed(settings: Any) -> None:
-    """--deepspeed is refused before anything expensive is built (its config is checked by rule R32)."""
+    """--deepspeed without the package is refused before anything expensive is built (its config: rule R32)."""
     if not settings.get("deepspeed"):
         return
     import importlib.util
@@ -662,7 +697,3 @@ def check_deepspeed(settings: Any) -> None:
 
     if importlib.util.find_spec("deepspeed") is None:
         raise VlcliError(missing_message(settings.get("deepspeed")))
-    from vlcli.errors import NotImplementedYetError
-
-    raise NotImplementedYetError("--deepspeed: training through DeepSpeed is not part of this version (the config "
-                                 "is checked); drop it to train with DDP")
