@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.world import FEATURE_TYPE
 from vlcli.config import deepspeed as dsc
 from vlcli.config.resolve import resolve
-from tests.world import FEATURE_TYPE
 
 
 def _r32(cli, env=None, command="finetune"):
