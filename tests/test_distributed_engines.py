@@ -100,10 +100,13 @@ def world(tmp_path_factory):
     return {"data": data, "t5": make_backbone_dir(root / "t5", "t5")}
 
 
-def _finetune(world, out, *extra):
+METHODS = {"adapter": ["--use_adapter"], "full": ["--unfreeze_language_model"]}
+
+
+def _finetune(world, out, method, *extra):
     return ["finetune", "vqa", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
             FEATURE_TYPE, "--downsample", "false", "--batch_size", "3", "--num_workers", "0", "--epochs", "2",
-            "--use_adapter", "--lr", "3e-3", "--output", str(out), *extra]
+            *METHODS[method], "--lr", "3e-3", "--output", str(out), *extra]
 
 
 def _launch(args, env=None, timeout=300):
@@ -130,44 +133,69 @@ def _predictions(path):
 
 @pytest.fixture(scope="module")
 def ddp(world, tmp_path_factory):
-    """The reference: the same fine-tuning with DDP (vlcli's own loop)."""
-    run = tmp_path_factory.mktemp("ddp") / "run"
-    proc = _launch(_finetune(world, run))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+    """The references: the same fine-tuning runs with DDP (vlcli's own loop), made when first asked for."""
+    runs = {}
+
+    def run_for(method):
+        if method not in runs:
+            run = tmp_path_factory.mktemp(f"ddp-{method}") / "run"
+            proc = _launch(_finetune(world, run, method))
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[method] = run
+        return runs[method]
+
+    return run_for
 
 
-@needs_deepspeed
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_zero_training_matches_ddp_and_its_checkpoint_evaluates_to_the_same_predictions(cli, world, ddp, tmp_path,
-                                                                                       stage):
-    run = tmp_path / stage
-    if stage == "zero3":  # interrupted mid-epoch (Ctrl-C after step 3 of 4), then resumed from LAST + LAST.deepspeed
-        proc = _launch(_finetune(world, run, "--deepspeed", stage, "--sync_every", "1"),
-                       env={"VLCLI_INTERRUPT_AT": "step:3"})
+def _train(world, run, method, engine, interrupt):
+    """A 2-process run; ``interrupt``: Ctrl-C after step 3 of 4 (mid-epoch), then ``--resume``."""
+    args = _finetune(world, run, method, *engine, "--sync_every", "1")
+    if interrupt:
+        proc = _launch(args, env={"VLCLI_INTERRUPT_AT": "step:3"})
         assert proc.returncode != 0 and "interrupted at epoch 1, batch 1" in proc.stderr, proc.stderr[-3000:]
-        assert (run / "LAST.deepspeed" / "engine").is_dir() and len(_records(run)) == 1
-        proc = _launch(_finetune(world, run, "--deepspeed", stage, "--sync_every", "1", "--resume"))
-    else:
-        proc = _launch(_finetune(world, run, "--deepspeed", stage))
+        assert len(_records(run)) == 1
+        args.append("--resume")
+    proc = _launch(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "is deprecated" not in proc.stderr
+    return proc
 
-    # the same training as DDP: loss curve and the trained weights (gathered from the ZeRO shards)
-    ours, reference = _records(run), _records(ddp)
+
+def _check_same_as_ddp_and_eval_load(cli, world, run, reference, method, tmp_path):
+    # the same training as DDP: loss curve and the trained weights (gathered from the shards)
+    ours, theirs = _records(run), _records(reference)
     assert [r["train_samples"] for r in ours] == [12, 12]
-    assert [r["train_loss"] for r in ours] == pytest.approx([r["train_loss"] for r in reference], abs=1e-5)
-    a, b = load_file(run / "LAST.safetensors"), load_file(ddp / "LAST.safetensors")
+    assert [r["train_loss"] for r in ours] == pytest.approx([r["train_loss"] for r in theirs], abs=1e-5)
+    a, b = load_file(run / "LAST.safetensors"), load_file(reference / "LAST.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-
-    # the checkpoint is a plain vlcli run: `eval --load` (one process, no DeepSpeed) predicts what the DeepSpeed
+    # the checkpoint is a plain vlcli run: `eval --load` (one process, no DeepSpeed / FSDP) predicts what the sharded
     # model predicted at the end of the run
     written = _predictions(run / "vqa_karpathy_test_predictions.json")
     assert sorted(written) == [2000, 2001, 2002, 2003] and any(written.values())
     res = cli("eval", "vqa", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
-              FEATURE_TYPE, "--downsample", "false", "--use_adapter", "--load", str(run), "--output", str(tmp_path / "e"))
+              FEATURE_TYPE, "--downsample", "false", *METHODS[method], "--load", str(run),
+              "--output", str(tmp_path / "e"))
     assert res.code == 0, res.err
     assert _predictions(tmp_path / "e" / "vqa_karpathy_test_predictions.json") == written
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("stage,method,interrupt", [("zero2", "adapter", False), ("zero3", "full", True)])
+def test_zero_training_matches_ddp_and_its_checkpoint_evaluates_to_the_same_predictions(cli, world, ddp, tmp_path,
+                                                                                       stage, method, interrupt):
+    run = tmp_path / stage
+    _train(world, run, method, ["--deepspeed", stage], interrupt)
+    assert (run / "LAST.deepspeed" / "engine").is_dir()  # DeepSpeed's own engine state, for --resume
+    _check_same_as_ddp_and_eval_load(cli, world, run, ddp(method), method, tmp_path)
+
+
+def test_fsdp2_full_finetuning_matches_ddp_through_an_interruption_and_resume(cli, world, ddp, tmp_path):
+    run = tmp_path / "fsdp"
+    proc = _train(world, run, "full", ["--fsdp"], interrupt=True)
+    assert "R56" not in proc.stderr  # full fine-tuning: no PEFT warning
+    state = torch.load(run / "LAST.state.pt", weights_only=False)
+    assert state["optimizers"][0]["state"]  # the optimiser state, consolidated from the shards
+    _check_same_as_ddp_and_eval_load(cli, world, run, ddp("full"), "full", tmp_path)
 
 
 @needs_deepspeed

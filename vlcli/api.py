@@ -18,7 +18,7 @@ broken rule. torch and transformers are imported by the functions that need them
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,14 +98,17 @@ def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    model: VLModel, path: str | Path, full: bool = False, settings: Settings | None = None
+    model: VLModel, path: str | Path, full: bool = False, settings: Settings | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``PATH.safetensors`` + ``PATH.json`` (adapter-only unless ``full``); return the tensors' path."""
+    """Write ``PATH.safetensors`` + ``PATH.json`` (adapter-only unless ``full``); return the tensors' path.
+
+    ``values``: the tensors to write for the model's ``state_dict`` keys, when the model holds shards (FSDP2)."""
     from vlcli.model.checkpoint import save_checkpoint as _save
     from vlcli.model.manifest import describe
 
     return _save(model, path, describe(model, settings), full=full,
-                 extra_keys=[] if full else model.checkpoint_buffers())
+                 extra_keys=[] if full else model.checkpoint_buffers(), values=values)
 
 
 def load_checkpoint(

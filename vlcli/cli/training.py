@@ -89,10 +89,13 @@ def _tears_down_processes(run: Callable[..., T]) -> Callable[..., T]:
     def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> T:
         from vlcli.train import dist
 
+        finished = False
         try:
-            return run(settings, *args, **kwargs)
+            result = run(settings, *args, **kwargs)
+            finished = True
+            return result
         finally:
-            dist.teardown()
+            dist.teardown(finished)
 
     return wrapper
 

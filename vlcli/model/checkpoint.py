@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -219,6 +219,7 @@ def save_checkpoint(
     manifest: dict,
     full: bool = False,
     extra_keys: Iterable[str] = (),
+    values: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json``; return the ``.safetensors`` path.
 
@@ -227,10 +228,16 @@ def save_checkpoint(
     saves every parameter with ``requires_grad=True``, the running statistics of BatchNorm modules
     that have trainable parameters, and the state entries named in ``extra_keys``. ``full=True``
     saves the whole ``state_dict()``. An OS refusal is a :class:`CheckpointWriteError` and leaves the
-    previous checkpoint as it was.
+    previous checkpoint as it was. ``values``: the tensor to write for each chosen key (a sharded model's full
+    tensors, gathered by the caller); the model still decides which keys are chosen.
     """
     tensors_path, manifest_path = checkpoint_paths(path_stem)
-    tensors, tied = _dedupe(_chosen_tensors(model, full, list(extra_keys), tensors_path))
+    chosen = _chosen_tensors(model, full, list(extra_keys), tensors_path)
+    if values is not None:  # tied parameters take one value object, so they are still saved once
+        first: dict[int, str] = {}
+        alias = {k: first.setdefault(id(v), k) for k, v in model.state_dict(keep_vars=True).items()}
+        chosen = {k: values[alias.get(k, k)] for k in chosen}
+    tensors, tied = _dedupe(chosen)
     record = _manifest_record(manifest, full, tensors, tied)
     try:
         manifest_text = json.dumps(record, indent=2, sort_keys=False) + "\n"

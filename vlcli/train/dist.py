@@ -46,8 +46,12 @@ def setup(prefer_cuda: bool = True) -> Context:
     return Context(rank, world, local, device)
 
 
-def teardown() -> None:
+def teardown(finished: bool = False) -> None:
+    """Destroy the process group; ``finished`` (this rank succeeded): first wait for every rank, since gloo aborts a
+    process whose peer has already left ("terminate called without an active exception")."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

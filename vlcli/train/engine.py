@@ -249,9 +249,12 @@ class Engine:
         self.num_workers = resolve_workers(settings.get("num_workers"), self.ctx)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.backend = backends.for_settings(settings, self.ctx)  # DeepSpeed, or None: vlcli's own loop
-        if self.backend is not None:
+        self.backend = backends.for_settings(settings, self.ctx)  # DeepSpeed, FSDP2, or None: vlcli's own loop
+        if self.backend is not None and self.backend.owns_step:
             self.scaler = None  # precision, scaling and clipping are DeepSpeed's
+        if settings.get("fsdp") and not self.ctx.distributed:
+            self.reporter.message("--fsdp has nothing to shard in one process: training without it "
+                                  "(launch with torchrun --nproc_per_node N)")
 
     def _amp_dtype(self) -> torch.dtype | None:
         cuda = self.ctx.device.type == "cuda"
@@ -314,20 +317,24 @@ class Engine:
     # ------------------------------------------------------------------------------- checkpoints
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> None:
-        """``NAME.safetensors`` + manifest (+ ``NAME.state.pt`` for resuming); rank 0 only."""
-        if self.backend is not None:  # collective: every rank gathers the shards / writes its engine state
-            with self.backend.full_params(self.module):
-                self._save_files(name, state)
-            if state is not None:
-                self.backend.save_state(self.out, name)
-            return
-        self._save_files(name, state)
+        """``NAME.safetensors`` + manifest (+ ``NAME.state.pt`` for resuming); rank 0 writes.
 
-    def _save_files(self, name: str, state: dict[str, Any] | None) -> None:
+        Under a sharding backend every rank calls it (the full tensors are gathered from the shards)."""
+        if self.backend is None:
+            self._save_files(name, state)
+            return
+        values = self.backend.full_state(self.module)
+        with self.backend.full_params(self.module):
+            self._save_files(name, state, values)
+        if state is not None:
+            self.backend.save_state(self.out, name)
+
+    def _save_files(self, name: str, state: dict[str, Any] | None, values: dict[str, torch.Tensor] | None = None) -> None:
         if not self.ctx.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        api.save_checkpoint(self.module, self.out / name, full=self.settings.get("save_full"), settings=self.settings)
+        api.save_checkpoint(self.module, self.out / name, full=self.settings.get("save_full"), settings=self.settings,
+                            values=values)
         if state is not None:
             atomic_torch_save(self.out / f"{name}{STATE_SUFFIX}", state)
 
@@ -348,7 +355,7 @@ class Engine:
     def _state(self, plan: TrainingPlan) -> dict[str, Any]:
         """Everything ``--resume`` needs besides the LAST weights."""
         return {
-            "optimizers": [o.state_dict() for o in plan.optimizers],
+            "optimizers": (self.backend or _OWN_LOOP).optimizer_states(self.module, plan.optimizers),
             "schedulers": [s.state_dict() for s in plan.schedulers],
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "position": {**self.position.to_dict(),  # every rank's share of the epoch (rank 0 resumes with all of it)
@@ -369,12 +376,11 @@ class Engine:
         if not state_path.is_file():
             raise TrainingError(f"--resume: {state_path} does not exist; there is no interrupted run to resume")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if self.backend is not None:
+        if self.backend is not None and self.backend.owns_step:
             self.backend.load_state(self.out, "LAST")  # weights, optimiser, schedule: DeepSpeed's own state
         else:
             self.load_weights(self.out / "LAST.safetensors")
-        for opt, st in zip(plan.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(st)
+            (self.backend or _OWN_LOOP).load_optimizer_states(self.module, plan.optimizers, state["optimizers"])
         for sch, st in zip(plan.schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(st)
         if self.scaler is not None and state.get("scaler"):
@@ -424,12 +430,13 @@ class Engine:
             self._compiled = True
         loader = self.train_loader()
         accumulation, epochs = s.get("gradient_accumulation_steps"), s.get("epochs")
+        if self.backend is not None:  # FSDP2: the optimiser must see the sharded parameters
+            self.backend.shard(self.module, self.amp_dtype)
         optimizers = build_optimizers(self.module, s)
         steps = total_steps(len(loader), accumulation, epochs)
         schedulers = [linear_schedule(o, steps, s.get("warmup_ratio")) for o in optimizers]
-        if self.backend is not None:  # the optimiser is stepped and saved by DeepSpeed
-            self.model = self.backend.wrap(self.module, optimizers, schedulers)
-            optimizers = []
+        if self.backend is not None:  # DeepSpeed: its engine is the model, and it steps the optimiser
+            self.model, optimizers = self.backend.wrap(self.module, optimizers, schedulers)
         return TrainingPlan(loader, optimizers, schedulers, epochs, accumulation)
 
     def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> History:
@@ -527,7 +534,7 @@ class Engine:
                 correct, total = get_task(task).train_accuracy(out.logits, batch)
                 tally.correct += correct
                 tally.total += total
-            if self.backend is not None:
+            if self.backend is not None and self.backend.owns_step:
                 self.backend.backward(loss, window_end)
             else:
                 scaled = loss / plan.accumulation
@@ -554,7 +561,7 @@ class Engine:
             return self.model(**inputs)
 
     def _optimizer_step(self, plan: TrainingPlan) -> None:
-        if self.backend is not None:
+        if self.backend is not None and self.backend.owns_step:
             self.backend.step()
             return
         clip = self.settings.get("clip_grad_norm")
@@ -685,6 +692,9 @@ class Engine:
                 path = (paths or {}).get(task) or self.out / f"{task}_{impl.submission_file}"
                 written[task] = (path, impl.write_submission(predictions, ds, path))
         return written
+
+
+_OWN_LOOP = backends.Backend()  # optimiser state saving / loading of vlcli's own loop
 
 
 def check_deepspeed(settings: Any) -> None:
