@@ -50,6 +50,13 @@ def test_precision_conflicts_are_rule_errors(tmp_path):
     assert errors == []
 
 
+def test_optimizer_or_scheduler_sections_are_refused_not_ignored(tmp_path):
+    cfg = tmp_path / "ds.json"
+    cfg.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "Adam"}, "scheduler": {}}))
+    errors, _ = _r32({"deepspeed": str(cfg)})
+    assert errors and "remove its 'optimizer' and 'scheduler' section" in errors[0].message
+
+
 def test_bad_json_is_one_line_error(tmp_path):
     bad = tmp_path / "ds.json"
     bad.write_text("{not json")

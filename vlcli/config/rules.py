@@ -598,6 +598,11 @@ def _r32(c: RuleContext):
             return
     for problem in dsc.precision_conflicts(cfg, bool(c.v("fp16"))):
         yield E("R32", f"--deepspeed {ds}: {problem} (one source of truth for precision).", "deepspeed", "fp16")
+    owned = [k for k in ("optimizer", "scheduler") if k in cfg]
+    if owned:
+        yield E("R32", f"--deepspeed {ds}: remove its {' and '.join(repr(k) for k in owned)} section: vlcli hands DeepSpeed "
+                "its own optimiser (--optim, --lr, --weight_decay, ...) and warm-up schedule (--warmup_ratio).",
+                "deepspeed")
     if c.v("use_separate_optimizer_for_visual"):
         yield E("R32", f"--deepspeed {ds} trains with one optimiser; drop --use_separate_optimizer_for_visual.",
                 "deepspeed", "use_separate_optimizer_for_visual")
