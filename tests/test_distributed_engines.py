@@ -226,3 +226,10 @@ def test_zero3_full_pretraining_checkpoint_gives_the_deepspeed_models_validation
     again, _, _ = engine.evaluate(engine.tasks[0], "valid")
     assert again["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
     assert again["qa_accuracy"] == pytest.approx(recorded["qa_accuracy"])
+
+
+def test_the_deepspeed_launchers_leading_local_rank_reaches_the_command(cli):
+    """`deepspeed --module vlcli finetune ...` runs `python -m vlcli --local_rank=N finetune ...`."""
+    res = cli("--local_rank=1", "inspect-config", "vqa", "--json")
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["config"]["local_rank"] == 1

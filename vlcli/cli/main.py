@@ -100,6 +100,15 @@ def prepare_argv(argv: list[str], group: TyperGroup) -> list[str]:
     return argv
 
 
+def _launcher_rank_last(args: list[str]) -> list[str]:
+    """The ``--local_rank=N`` that the ``deepspeed`` launcher (and the legacy ``torch.distributed.launch``) puts before
+    the command moves after it, where the command's own ``--local_rank`` option reads it."""
+    lead = [a for a in args[:1] if a.startswith(("--local_rank=", "--local-rank="))]
+    if not lead:
+        return args
+    return [*args[1:], "--local_rank=" + lead[0].split("=", 1)[1]]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the CLI; user errors print one red line and exit 2 (tracebacks with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -107,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     set_invocation(["vlcli", *args])
     debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
+    args = _launcher_rank_last([a for a in args if a != "--debug"])
     group = typer.main.get_command(app)
     assert isinstance(group, TyperGroup)
     try:
