@@ -275,9 +275,15 @@ def _warm_start_table(init: Any) -> Table:
 
 def _open_session(settings: Settings, command: str, needs_test: bool) -> RunSession | None:
     """The run directory decision (before any slow work); None when a --resume finds the run finished."""
+    import os
+
     from vlcli.train.engine import check_deepspeed
+    from vlcli.train.launch import check_launcher
 
     check_deepspeed(settings)  # refused before the run directory, the demo set-up or the model
+    for note in check_launcher(settings):  # accelerate launch / mpirun settings vlcli does not read: refused or noted
+        if os.environ.get("RANK", "0") == "0":
+            render.err.print(f"[yellow]{escape(note)}[/]")
     session = RunSession(settings, command, needs_test)
     if session.finished:
         render.err.print(f"[green]{session.out} finished all {settings.get('epochs')} epochs; nothing to resume[/] "
