@@ -1,8 +1,13 @@
 """Launchers: what `accelerate launch` passes is honoured, noted or refused (never silently ignored); a launch
-that asked for several processes but started one is refused."""
+that asked for several processes but started one is refused; two torchrun "nodes" make one run, and refuse
+--output folders that are not shared."""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -225,3 +230,89 @@ def test_cli_refuses_accelerate_fsdp_before_the_run_directory(cli, world, tmp_pa
     [line] = [x for x in res.err.splitlines() if x.strip()]
     assert "ACCELERATE_USE_FSDP=true" in line and "--fsdp" in line
     assert not out.exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    drop = ("ACCELERATE_", "FSDP_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_")
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(drop)}, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.skipif(not ACCELERATE.is_file(), reason="accelerate is not installed beside this python")
+def test_real_accelerate_launches_are_refused(world, tmp_path):
+    """`accelerate launch --use_fsdp` and `--cpu --num_processes 2` fail before any model with the one-line error
+    (both at once: accelerate takes seconds to start)."""
+    runs = {"fsdp": ["--use_fsdp"], "cpu2": ["--cpu", "--num_processes", "2"]}
+    procs = {name: subprocess.Popen([str(ACCELERATE), "launch", *flags, "--main_process_port", str(_free_port()),
+                                     "-m", "vlcli", "finetune", "vqa", *args(world, tmp_path / name)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
+             for name, flags in runs.items()}
+    errors = {}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0, err[-2000:]
+        errors[name] = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert not (tmp_path / name).exists()
+    assert errors["fsdp"][0].startswith("error: ACCELERATE_USE_FSDP=true (accelerate launch --use_fsdp)")
+    assert errors["cpu2"][0].startswith("error: accelerate launch --num_processes 2 started ONE process")
+
+
+# ------------------------------------------------------------------------------------ two nodes
+
+
+def _two_nodes(world, outs: list[Path], timeout: float = 150) -> list[subprocess.CompletedProcess]:
+    """Two `torchrun --nnodes 2 --node_rank R --nproc_per_node 1` launches on this machine (static rendezvous:
+    node_rank is rank, so rank 1's folder is known)."""
+    port = _free_port()
+    procs = []
+    for rank, out in enumerate(outs):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "vlcli", "finetune", "vqa", *args(world, out)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                                      cwd=out.parent))
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
+
+
+def test_two_nodes_make_one_run_each_example_once(world, tmp_path):
+    run = tmp_path / "run"
+    node0, node1 = _two_nodes(world, [run, run])
+    assert node0.returncode == 0, node0.stderr[-3000:]
+    assert node1.returncode == 0, node1.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    ids = [p["id"] for p in json.loads((run / "vqa_karpathy_test_predictions.json").read_text())]
+    assert sorted(ids) == [2000, 2001, 2002, 2003]  # 4 test questions over 2 nodes (one padded): each once
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(lines) == 1 and lines[0]["train_samples"] == 12  # rank 0 writes; 6 examples on each node, summed
+    assert (node0.stderr + node1.stderr).count("epoch 1:") == 1
+    assert not (run / "run.lock").exists()
+
+
+def test_two_nodes_without_a_shared_output_fail_cleanly(world, tmp_path):
+    """Different --output folders (file systems the nodes do not share): every rank stops with the one-line error,
+    rank 0 removes the directory it created, rank 1 creates none."""
+    outs = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+    for out in outs:
+        out.parent.mkdir()
+    results = _two_nodes(world, outs, timeout=90)
+    for res in results:
+        assert res.returncode != 0
+        [line] = [x for x in res.stderr.splitlines() if x.startswith("error: ")]
+        assert "not visible from every process" in line and "rank 1 on" in line
+    assert not outs[0].exists() and not outs[1].exists()

@@ -138,21 +138,38 @@ class RunSession:
         return allowed
 
     def claim(self, ctx: Any) -> None:
-        """Rank 0 creates the directory and takes the lock; every rank checks it sees them (shared --output)."""
+        """Rank 0 creates the directory and takes the lock; every rank checks it sees them (shared --output).
+
+        Every rank fails together: rank 0's error (directory, lock) is shared with the others, which would otherwise
+        wait for it in a collective; the caller releases what rank 0 took (:meth:`release`)."""
+        import socket
+
         from vlcli.errors import VlcliError
         from vlcli.train import dist, rundir
 
+        error = None
         if ctx.is_main:
-            self.created = rundir.make_dir(self.out)
-            self.lock.acquire()
-            if self.lock.note:
-                render.err.print(f"[yellow]{self.lock.note}[/]")
-            if self.plan.note:
-                render.err.print(f"[yellow]{self.plan.note}[/]")
-        dist.barrier(ctx)
-        if dist.broadcast_flag(ctx, not (self.out / rundir.LOCK).is_file()):
-            raise VlcliError(f"--output {self.out}: not visible from every process (rank {ctx.rank} on its node); "
-                             "a multi-node run needs an --output on a file system all nodes share")
+            try:
+                self.created = rundir.make_dir(self.out)
+                self.lock.acquire()
+            except VlcliError as exc:
+                error = exc
+            else:
+                if self.lock.note:
+                    render.err.print(f"[yellow]{self.lock.note}[/]")
+                if self.plan.note:
+                    render.err.print(f"[yellow]{self.plan.note}[/]")
+        shared = dist.broadcast_object(ctx, None if error is None else str(error))  # also the barrier
+        if error is not None:
+            raise error
+        if shared is not None:
+            raise VlcliError(shared)
+        seen = dist.gather_pairs(ctx, [(ctx.rank, ((self.out / rundir.LOCK).is_file(), socket.gethostname()))])
+        blind = [f"rank {rank} on {host}" for rank, (visible, host) in sorted(seen.items()) if not visible]
+        if blind:
+            raise VlcliError(f"--output {self.out}: not visible from every process ({', '.join(blind)} cannot see the "
+                             f"run lock rank 0 created on {seen[0][1]}); a multi-node run needs an --output on a file "
+                             "system all nodes share")
 
     def start(self, ctx: Any, parameters: dict[str, Any], init: Any = None) -> None:
         """Record the start: config.json for a new run (with the warm start ``init``, a
@@ -218,9 +235,9 @@ def _training(session: RunSession, needed: list[tuple[str, str]] | None, **engin
     if needed is not None:
         preflight(settings, needed)
     ctx = dist.setup()
-    session.claim(ctx)
     trackers: list[Any] = []
     try:
+        session.claim(ctx)  # inside: a refused claim releases the lock and the directory rank 0 made
         engine = Engine(settings, RichReporter(), ctx=ctx, command=session.command, roles=("train", "valid"),
                         **engine_kw)
         resume = session.plan.mode == "resume"
