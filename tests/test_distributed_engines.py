@@ -206,14 +206,15 @@ def test_fsdp2_full_finetuning_matches_ddp_through_an_interruption_and_resume(cl
 
 
 @needs_deepspeed
-def test_zero3_full_pretraining_checkpoint_gives_the_deepspeed_models_validation(world, tmp_path):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_zero_full_pretraining_checkpoint_gives_the_deepspeed_models_validation(cli, world, tmp_path, stage):
     from vlcli import api
     from vlcli.train.engine import Engine
 
     run = tmp_path / "pre"
     args = ["pretrain", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feat_dim", "2048",
             "--n_boxes", "4", "--batch_size", "4", "--losses", "lm,qa", "--unfreeze_language_model", "--epochs", "1",
-            "--num_workers", "0", "--deepspeed", "zero3", "--output", str(run)]
+            "--num_workers", "0", "--deepspeed", stage, "--output", str(run)]
     proc = _launch(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recorded = _records(run)[-1]["valid/pretrain"]
@@ -226,6 +227,12 @@ def test_zero3_full_pretraining_checkpoint_gives_the_deepspeed_models_validation
     again, _, _ = engine.evaluate(engine.tasks[0], "valid")
     assert again["loss"] == pytest.approx(recorded["loss"], abs=1e-5)
     assert again["qa_accuracy"] == pytest.approx(recorded["qa_accuracy"])
+    # and `eval --load` reads it like any pretraining checkpoint (zero-shot VQA, one process, no DeepSpeed)
+    res = cli("eval", "vqa", "--backbone", str(world["t5"]), "--data_root", str(world["data"]), "--feature_type",
+              FEATURE_TYPE, "--downsample", "false", "--unfreeze_language_model", "--load", str(run),
+              "--output", str(tmp_path / "e"))
+    assert res.code == 0, res.err
+    assert sorted(_predictions(tmp_path / "e" / "vqa_karpathy_test_predictions.json")) == [2000, 2001, 2002, 2003]
 
 
 def test_the_deepspeed_launchers_leading_local_rank_reaches_the_command(cli):
