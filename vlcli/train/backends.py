@@ -1,8 +1,8 @@
 """Training backends the engine's named parts call: DeepSpeed (``--deepspeed``) and FSDP2 (``--fsdp``).
 
-The default (no backend object) is vlcli's own loop: DDP under a distributed launch, torch optimisers, its gradient
-scaler. A backend has the methods of :class:`Backend`; the engine calls them at fixed points (plan, step, save, restore,
-predict), so each engine's details stay here.
+:class:`Backend` itself is vlcli's own loop: DDP under a distributed launch, torch optimisers, its gradient scaler. The
+engine calls a backend's methods at fixed points (plan, step, save, restore, predict), so each engine's details stay
+here.
 
 - :class:`DeepSpeedBackend` hands the model, optimiser and schedule to ``deepspeed.initialize``; DeepSpeed then does the
   loss scaling for accumulation, the clipping, the optimiser and schedule steps, and keeps its own engine state
@@ -38,6 +38,8 @@ class Backend:
 
     owns_step = False
     """True: the backend does backward, clipping, the optimiser and schedule steps, and keeps their state."""
+    shards = False
+    """True: the backend distributes the model itself (no DDP wrapper)."""
 
     def shard(self, module: torch.nn.Module, amp_dtype: torch.dtype | None) -> None:
         """Before the optimiser is built (it must see the sharded parameters)."""
@@ -81,6 +83,7 @@ class DeepSpeedBackend(Backend):
     """One DeepSpeed engine for a training run."""
 
     owns_step = True
+    shards = True
 
     def __init__(self, settings: Any, ctx: Any):
         value = settings.get("deepspeed")
@@ -190,6 +193,8 @@ def _barrier(ctx: Any) -> None:
 class FSDPBackend(Backend):
     """FSDP2: ``fully_shard`` on every transformer block (the language model's ``_no_split_modules``) and on the root."""
 
+    shards = True
+
     def __init__(self, ctx: Any):
         self.ctx = ctx
 
@@ -271,10 +276,10 @@ def _shard_full_tensors(module: torch.nn.Module, state: dict, prefix: str, *args
                                            src_data_rank=None)
 
 
-def for_settings(settings: Any, ctx: Any) -> Backend | None:
-    """The run's backend: DeepSpeed, FSDP2 (under a distributed launch), or None (vlcli's own loop, DDP)."""
+def for_settings(settings: Any, ctx: Any) -> Backend:
+    """The run's backend: DeepSpeed, FSDP2 (under a distributed launch), or vlcli's own loop (DDP)."""
     if settings.get("deepspeed"):
         return DeepSpeedBackend(settings, ctx)
     if settings.get("fsdp") and ctx.distributed:
         return FSDPBackend(ctx)
-    return None
+    return Backend()

@@ -249,8 +249,8 @@ class Engine:
         self.num_workers = resolve_workers(settings.get("num_workers"), self.ctx)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.backend = backends.for_settings(settings, self.ctx)  # DeepSpeed, FSDP2, or None: vlcli's own loop
-        if self.backend is not None and self.backend.owns_step:
+        self.backend = backends.for_settings(settings, self.ctx)  # DeepSpeed, FSDP2, or vlcli's own loop (DDP)
+        if self.backend.owns_step:
             self.scaler = None  # precision, scaling and clipping are DeepSpeed's
         if settings.get("fsdp") and not self.ctx.distributed:
             self.reporter.message("--fsdp has nothing to shard in one process: training without it "
@@ -320,9 +320,6 @@ class Engine:
         """``NAME.safetensors`` + manifest (+ ``NAME.state.pt`` for resuming); rank 0 writes.
 
         Under a sharding backend every rank calls it (the full tensors are gathered from the shards)."""
-        if self.backend is None:
-            self._save_files(name, state)
-            return
         values = self.backend.full_state(self.module)
         with self.backend.full_params(self.module):
             self._save_files(name, state, values)
@@ -340,7 +337,7 @@ class Engine:
 
     def load_weights(self, path: str | Path) -> None:
         """Weights from a vlcli checkpoint (every rank; under ZeRO-3 into the gathered parameters)."""
-        with self.backend.full_params(self.module, modify=True) if self.backend is not None else nullcontext():
+        with self.backend.full_params(self.module, modify=True):
             self._load_weights(path)
 
     def _load_weights(self, path: str | Path) -> None:
@@ -355,7 +352,7 @@ class Engine:
     def _state(self, plan: TrainingPlan) -> dict[str, Any]:
         """Everything ``--resume`` needs besides the LAST weights."""
         return {
-            "optimizers": (self.backend or _OWN_LOOP).optimizer_states(self.module, plan.optimizers),
+            "optimizers": self.backend.optimizer_states(self.module, plan.optimizers),
             "schedulers": [s.state_dict() for s in plan.schedulers],
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "position": {**self.position.to_dict(),  # every rank's share of the epoch (rank 0 resumes with all of it)
@@ -376,11 +373,11 @@ class Engine:
         if not state_path.is_file():
             raise TrainingError(f"--resume: {state_path} does not exist; there is no interrupted run to resume")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if self.backend is not None and self.backend.owns_step:
+        if self.backend.owns_step:
             self.backend.load_state(self.out, "LAST")  # weights, optimiser, schedule: DeepSpeed's own state
         else:
             self.load_weights(self.out / "LAST.safetensors")
-            (self.backend or _OWN_LOOP).load_optimizer_states(self.module, plan.optimizers, state["optimizers"])
+            self.backend.load_optimizer_states(self.module, plan.optimizers, state["optimizers"])
         for sch, st in zip(plan.schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(st)
         if self.scaler is not None and state.get("scaler"):
@@ -395,7 +392,7 @@ class Engine:
     # ---------------------------------------------------------------------------------- training
 
     def _wrap(self) -> None:
-        if self.ctx.distributed and self.model is self.module and self.backend is None:
+        if self.ctx.distributed and self.model is self.module and not self.backend.shards:
             from torch.nn.parallel import DistributedDataParallel
 
             per_task = len(self.tasks) > 1  # per-task modules idle on other tasks' batches
@@ -430,12 +427,11 @@ class Engine:
             self._compiled = True
         loader = self.train_loader()
         accumulation, epochs = s.get("gradient_accumulation_steps"), s.get("epochs")
-        if self.backend is not None:  # FSDP2: the optimiser must see the sharded parameters
-            self.backend.shard(self.module, self.amp_dtype)
+        self.backend.shard(self.module, self.amp_dtype)  # FSDP2: the optimiser must see the sharded parameters
         optimizers = build_optimizers(self.module, s)
         steps = total_steps(len(loader), accumulation, epochs)
         schedulers = [linear_schedule(o, steps, s.get("warmup_ratio")) for o in optimizers]
-        if self.backend is not None:  # DeepSpeed: its engine is the model, and it steps the optimiser
+        if self.backend.shards:  # DeepSpeed: its engine is the model, and it steps the optimiser
             self.model, optimizers = self.backend.wrap(self.module, optimizers, schedulers)
         return TrainingPlan(loader, optimizers, schedulers, epochs, accumulation)
 
@@ -534,7 +530,7 @@ class Engine:
                 correct, total = get_task(task).train_accuracy(out.logits, batch)
                 tally.correct += correct
                 tally.total += total
-            if self.backend is not None and self.backend.owns_step:
+            if self.backend.owns_step:
                 self.backend.backward(loss, window_end)
             else:
                 scaled = loss / plan.accumulation
@@ -561,7 +557,7 @@ class Engine:
             return self.model(**inputs)
 
     def _optimizer_step(self, plan: TrainingPlan) -> None:
-        if self.backend is not None and self.backend.owns_step:
+        if self.backend.owns_step:
             self.backend.step()
             return
         clip = self.settings.get("clip_grad_norm")
@@ -646,7 +642,7 @@ class Engine:
         self.reporter.evaluating(task, split, len(loader))
         pairs: list[tuple[Hashable, Any]] = []
         # ZeRO-3: the full parameters gathered once (a rank's generation length must not drive collectives)
-        with self.backend.full_params(self.module) if self.backend is not None else nullcontext():
+        with self.backend.full_params(self.module):
             for batch in prefetched(loader, self.ctx.device):
                 with self._autocast():
                     pairs += list(get_task(task).predict(self.module, batch, self.settings, self.tokenizer).items())
@@ -692,9 +688,6 @@ class Engine:
                 path = (paths or {}).get(task) or self.out / f"{task}_{impl.submission_file}"
                 written[task] = (path, impl.write_submission(predictions, ds, path))
         return written
-
-
-_OWN_LOOP = backends.Backend()  # optimiser state saving / loading of vlcli's own loop
 
 
 def check_deepspeed(settings: Any) -> None:
