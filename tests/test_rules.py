@@ -107,6 +107,7 @@ CASES = [
     ("R54", "error", None, None, {"data_paths": "vqa.questions=/d/" + "q" * 256}, None, "file names are limited to 255"),
     ("R32", "error", "finetune", "vqa", {"deepspeed": "zero2", "use_separate_optimizer_for_visual": "1"}, None,
      "drop --use_separate_optimizer_for_visual"),
+    ("R32", "warning", "finetune", "vqa", {"deepspeed": "zero2", "compile": "1"}, None, "--compile is not applied"),
     ("R56", "error", "pretrain", None, {"fsdp": "1", "deepspeed": "zero3"}, None, "choose one"),
     ("R56", "warning", "finetune", "vqa", {"fsdp": "1", "use_lora": "1"}, None, "saves little memory"),
     ("R55", "error", "finetune", "vqa", {"init_task_map": "pretrain"}, None, "'pretrain' is not SOURCE=TARGET"),

@@ -598,6 +598,9 @@ def _r32(c: RuleContext):
             return
     for problem in dsc.precision_conflicts(cfg, bool(c.v("fp16"))):
         yield E("R32", f"--deepspeed {ds}: {problem} (one source of truth for precision).", "deepspeed", "fp16")
+    if c.v("compile"):
+        yield W("R32", f"--compile is not applied under --deepspeed {ds}: DeepSpeed wraps the model after "
+                "vlcli would compile it; drop --compile.", "deepspeed", "compile")
     owned = [k for k in ("optimizer", "scheduler") if k in cfg]
     if owned:
         yield E("R32", f"--deepspeed {ds}: remove its {' and '.join(repr(k) for k in owned)} section: vlcli hands DeepSpeed "

@@ -422,7 +422,7 @@ class Engine:
         s = self.settings
         self._store_frozen()
         self._wrap()
-        if s.get("compile") and not self._compiled:
+        if s.get("compile") and not self._compiled and not self.backend.owns_step:  # DeepSpeed: rule R32 warns
             self.model = torch.compile(self.model)
             self._compiled = True
         loader = self.train_loader()
