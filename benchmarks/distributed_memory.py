@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -97,12 +96,6 @@ def child(args) -> None:
     print("MEMORY " + json.dumps({"rank": engine.ctx.rank, **measure(engine)}), flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="t5-base")
@@ -121,6 +114,7 @@ def main() -> None:
         return
 
     from benchmarks.e2e import make_backbone, make_data
+    from vlcli.train.dist import free_port
 
     root = Path(tempfile.mkdtemp(prefix="vlcli-distmem-"))
     backbone = make_backbone(args.arch, root)
@@ -134,7 +128,7 @@ def main() -> None:
         for name in args.engines.split(","):
             out = root / f"run-{name}-{method}"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-                   "--master_port", str(_free_port()), __file__, "--child", name, method, "--backbone", str(backbone),
+                   "--master_port", str(free_port()), __file__, "--child", name, method, "--backbone", str(backbone),
                    "--data", str(data), "--output", str(out), "--batch", str(args.batch)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             found = [json.loads(m) for m in re.findall(r"MEMORY (\{[^}]*\})", proc.stdout)]  # ranks' lines may interleave

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 from tests.world import FEATURE_TYPE
 from vlcli.config import deepspeed as dsc
 from vlcli.config.resolve import resolve
+from vlcli.train.dist import free_port
 
 
 def _r32(cli, env=None, command="finetune"):
@@ -119,15 +119,9 @@ def _finetune(world, out, method, *extra):
 def _launch(args, env=None, timeout=300):
     """``torchrun --nproc_per_node 2 -m vlcli ARGS`` on CPU."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "vlcli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _records(run):

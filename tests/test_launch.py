@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests.tiny import make_backbone_dir
 from tests.world import FEATURE_TYPE, make_world
 from vlcli.config.settings import Settings
 from vlcli.errors import VlcliError
+from vlcli.train.dist import free_port
 from vlcli.train.launch import _asked_for, check_launcher
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,12 +232,6 @@ def test_cli_refuses_accelerate_fsdp_before_the_run_directory(cli, world, tmp_pa
     assert not out.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     drop = ("ACCELERATE_", "FSDP_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_")
     return {**{k: v for k, v in os.environ.items() if not k.startswith(drop)}, "OMP_NUM_THREADS": "1",
@@ -249,7 +243,7 @@ def test_real_accelerate_launches_are_refused(world, tmp_path):
     """`accelerate launch --use_fsdp` and `--cpu --num_processes 2` fail before any model with the one-line error
     (both at once: accelerate takes seconds to start)."""
     runs = {"fsdp": ["--use_fsdp"], "cpu2": ["--cpu", "--num_processes", "2"]}
-    procs = {name: subprocess.Popen([str(ACCELERATE), "launch", *flags, "--main_process_port", str(_free_port()),
+    procs = {name: subprocess.Popen([str(ACCELERATE), "launch", *flags, "--main_process_port", str(free_port()),
                                      "-m", "vlcli", "finetune", "vqa", *args(world, tmp_path / name)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path)
              for name, flags in runs.items()}
@@ -269,7 +263,7 @@ def test_real_accelerate_launches_are_refused(world, tmp_path):
 def _two_nodes(world, outs: list[Path], timeout: float = 150) -> list[subprocess.CompletedProcess]:
     """Two `torchrun --nnodes 2 --node_rank R --nproc_per_node 1` launches on this machine (static rendezvous:
     node_rank is rank, so rank 1's folder is known)."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank, out in enumerate(outs):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),

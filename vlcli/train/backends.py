@@ -16,7 +16,6 @@ from the shards while rank 0 writes them, so ``eval`` / ``submit`` / ``predict``
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import warnings
@@ -28,6 +27,7 @@ import torch
 
 from vlcli.config import deepspeed as dsc
 from vlcli.errors import VlcliError
+from vlcli.train import dist
 
 ENGINE_STATE_SUFFIX = ".deepspeed"
 TAG = "engine"
@@ -86,9 +86,7 @@ class DeepSpeedBackend(Backend):
     shards = True
 
     def __init__(self, settings: Any, ctx: Any):
-        value = settings.get("deepspeed")
-        if importlib.util.find_spec("deepspeed") is None:
-            raise VlcliError(dsc.missing_message(value))
+        value = settings.get("deepspeed")  # the package is there: Engine's check_deepspeed ran first
         try:
             raw = dsc.load_config(value)
         except dsc.DeepSpeedConfigError as e:
@@ -115,7 +113,7 @@ class DeepSpeedBackend(Backend):
                                 category=FutureWarning)
         if not torch.distributed.is_initialized():  # one process: DeepSpeed still wants a process group
             for key, val in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1"),
-                             ("MASTER_PORT", str(_free_port()))):
+                             ("MASTER_PORT", str(dist.free_port()))):
                 os.environ.setdefault(key, val)
             deepspeed.init_distributed(dist_backend="gloo" if self.ctx.device.type == "cpu" else "nccl",
                                        auto_mpi_discovery=False)
@@ -152,9 +150,9 @@ class DeepSpeedBackend(Backend):
         tmp = out / f".{name}{ENGINE_STATE_SUFFIX}.tmp"
         if self.ctx.is_main and tmp.exists():
             shutil.rmtree(tmp)
-        _barrier(self.ctx)
+        dist.barrier(self.ctx)
         self.engine.save_checkpoint(str(tmp), tag=TAG, save_latest=False)
-        _barrier(self.ctx)
+        dist.barrier(self.ctx)
         if self.ctx.is_main:
             old = out / f".{name}{ENGINE_STATE_SUFFIX}.old"
             if final.exists():
@@ -164,7 +162,7 @@ class DeepSpeedBackend(Backend):
             tmp.rename(final)
             if old.exists():
                 shutil.rmtree(old)
-        _barrier(self.ctx)
+        dist.barrier(self.ctx)
 
     def load_state(self, out: Path, name: str) -> None:
         folder = out / f"{name}{ENGINE_STATE_SUFFIX}"
@@ -175,19 +173,6 @@ class DeepSpeedBackend(Backend):
                                               load_lr_scheduler_states=True)
         if path is None:
             raise VlcliError(f"--resume: {folder} holds no DeepSpeed engine state; drop --resume to start again")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _barrier(ctx: Any) -> None:
-    if ctx.distributed and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 class FSDPBackend(Backend):

@@ -78,6 +78,15 @@ def broadcast_object(ctx: Context, value: Any) -> Any:
     return box[0]
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (a rendezvous for a launch that is not torchrun's)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
