@@ -606,7 +606,7 @@ def _r32(c: RuleContext):
         yield E("R32", f"--deepspeed {ds}: remove its {' and '.join(repr(k) for k in owned)} section: vlcli hands DeepSpeed "
                 "its own optimiser (--optim, --lr, --weight_decay, ...) and warm-up schedule (--warmup_ratio).",
                 "deepspeed")
-    if c.v("use_separate_optimizer_for_visual"):
+    if c.v("use_separate_optimizer_for_visual") and c.v("feature_type") in RAW_TYPES:  # a second optimiser (R25)
         yield E("R32", f"--deepspeed {ds} trains with one optimiser; drop --use_separate_optimizer_for_visual.",
                 "deepspeed", "use_separate_optimizer_for_visual")
 
