@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,36 +115,42 @@ def main() -> None:
         return
 
     from benchmarks.e2e import make_backbone, make_data
+
+    with tempfile.TemporaryDirectory(prefix="vlcli-distmem-") as tmp:  # runs write GiB of checkpoints: all removed
+        root = Path(tmp)
+        backbone = make_backbone(args.arch, root)
+        data = make_data(root / "data", n_train=8 * args.nproc * args.batch, n_valid=2, images=8)
+        print(f"{args.arch}, {args.nproc} processes, batch {args.batch} per process; MiB per rank (largest rank)")
+        print(f"{'engine':8} {'method':6} {'weights':>10} {'optimiser':>10} {'total':>10} {'vs DDP':>7}")
+        for method in args.methods.split(","):
+            base = None
+            for name in args.engines.split(","):
+                worst = run_one(args, name, method, backbone, data, root / f"run-{name}-{method}")
+                if worst is None:
+                    continue
+                total = worst["weights"] + worst["optimiser"]
+                base = base or (total if name == "ddp" else None)
+                ratio = f"{total / base:.2f}" if base else "-"
+                mib = 2 ** 20
+                print(f"{name:8} {method:6} {worst['weights'] / mib:10.1f} {worst['optimiser'] / mib:10.1f} "
+                      f"{total / mib:10.1f} {ratio:>7}", flush=True)
+
+
+def run_one(args, name: str, method: str, backbone: Path, data: Path, out: Path) -> dict[str, int] | None:
+    """One torchrun of :func:`child`; the largest rank's figures (None, with the reason printed, if it failed)."""
     from vlcli.train.dist import free_port
 
-    root = Path(tempfile.mkdtemp(prefix="vlcli-distmem-"))
-    backbone = make_backbone(args.arch, root)
-    data = make_data(root / "data", n_train=8 * args.nproc * args.batch, n_valid=2, images=8)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
-    rows = []
-    print(f"{args.arch}, {args.nproc} processes, batch {args.batch} per process; MiB per rank (largest rank)")
-    print(f"{'engine':8} {'method':6} {'weights':>10} {'optimiser':>10} {'total':>10} {'vs DDP':>7}")
-    for method in args.methods.split(","):
-        base = None
-        for name in args.engines.split(","):
-            out = root / f"run-{name}-{method}"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
-                   "--master_port", str(free_port()), __file__, "--child", name, method, "--backbone", str(backbone),
-                   "--data", str(data), "--output", str(out), "--batch", str(args.batch)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            found = [json.loads(m) for m in re.findall(r"MEMORY (\{[^}]*\})", proc.stdout)]  # ranks' lines may interleave
-            if proc.returncode != 0 or not found:
-                print(f"{name:8} {method:6} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-                continue
-            worst = max(found, key=lambda r: r["weights"] + r["optimiser"])
-            total = worst["weights"] + worst["optimiser"]
-            base = base or (total if name == "ddp" else None)
-            ratio = f"{total / base:.2f}" if base else "-"
-            mib = 2 ** 20
-            print(f"{name:8} {method:6} {worst['weights'] / mib:10.1f} {worst['optimiser'] / mib:10.1f} "
-                  f"{total / mib:10.1f} {ratio:>7}", flush=True)
-            rows.append({"engine": name, "method": method, **worst})
-
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+           "--master_port", str(free_port()), __file__, "--child", name, method, "--backbone", str(backbone),
+           "--data", str(data), "--output", str(out), "--batch", str(args.batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    shutil.rmtree(out, ignore_errors=True)  # its checkpoints are not needed (GiB at full size)
+    found = [json.loads(m) for m in re.findall(r"MEMORY (\{[^}]*\})", proc.stdout)]  # ranks' lines may interleave
+    if proc.returncode != 0 or not found:
+        print(f"{name:8} {method:6} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        return None
+    return max(found, key=lambda r: r["weights"] + r["optimiser"])
 
 if __name__ == "__main__":
     main()
