@@ -69,6 +69,48 @@ def test_batched_and_per_item_batches_are_identical(world, task, split, train, e
         assert batched["vis_feats"].dtype == torch.float16  # float16 from disk to the device
 
 
+@pytest.mark.parametrize("store", ["per-image", "consolidated"])
+def test_a_batch_still_in_use_is_never_overwritten_and_a_released_buffer_is_reused(world, store):
+    extra = {"data_paths": f"coco.clip={world['data']}/coco_consolidated.h5"} if store == "consolidated" else {}
+    ds = dataset(world, "vqa", "karpathy_train", True, **extra)
+    first = ds.collate(ds.__getitems__([0, 1, 2, 3]))
+    kept = first["vis_feats"].clone()
+    view = first["vis_feats"][1:]  # a view alone keeps the buffer alive
+    del first
+    for _ in range(5):  # batches of the same shape, each released at once
+        other = ds.collate(ds.__getitems__([7, 6, 5, 4]))
+        assert other["vis_feats"].data_ptr() != view.data_ptr() - view.stride(0) * view.element_size()
+        del other
+    assert torch.equal(view, kept[1:])
+    ptr = view.data_ptr() - view.stride(0) * view.element_size()
+    del view
+    again = ds.collate(ds.__getitems__([4, 5, 6, 7]))
+    released = ds.collate(ds.__getitems__([0, 1, 2, 3]))  # `again` is alive: some other buffer
+    assert again["vis_feats"].data_ptr() != released["vis_feats"].data_ptr()
+    assert ptr in (again["vis_feats"].data_ptr(), released["vis_feats"].data_ptr())  # the released one, reused
+    fresh = ds.collate([ds[i] for i in (0, 1, 2, 3)])
+    assert torch.equal(released["vis_feats"].float(), fresh["vis_feats"].float())
+
+
+def test_token_ids_kept_from_the_first_read_equal_fresh_tokenisation(world):
+    """Input and target ids served from the dataset's memo (second and later reads) are the tokenizer's own,
+    including truncation, and no two items share a list."""
+    ds = dataset(world, "vqa", "karpathy_train", True, max_text_length=6)
+    order = list(range(len(ds)))
+    by_id = {ex.id: ex for ex in ds.examples}
+    for epoch in range(3):
+        ds.reseed(epoch)
+        items = ds.__getitems__(order[::-1] if epoch % 2 else order)
+        for item in items:
+            ex = by_id[item["id"]]
+            assert item["input_ids"] == ds.tokenizer.encode(ex.text, 6)
+            assert item["target_ids"] == ds.tokenizer.encode(item["target"], ds.target_max_length)
+        assert len({id(item["input_ids"]) for item in items} | {id(item["target_ids"]) for item in items}) == 2 * len(items)
+        items[0]["input_ids"].append(-1)  # a consumer changing its list changes nothing kept
+    again = ds.__getitems__([order[-1], order[0]])
+    assert again[1]["input_ids"] == ds.tokenizer.encode(ds.examples[0].text, 6)
+
+
 def test_a_batch_reads_each_file_through_the_fast_path_after_the_first(world, monkeypatch):
     ds = dataset(world, "vqa", "karpathy_train", True)
     ds.__getitems__(list(range(len(ds))))  # first epoch: learns where every array lies

@@ -147,6 +147,8 @@ class TaskDataset(Dataset):
         self.target_max_length = target_max_length
         self.rng = rng
         self.references: dict[Hashable, Any] = references if references is not None else {}
+        self._input_ids = EncodedInputs(len(examples), max_text_length)
+        self._target_ids = EncodedTexts(target_max_length)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -215,14 +217,14 @@ class TaskDataset(Dataset):
         if visual is None:
             return [self[i] for i in indices]
         feats, boxes = visual
-        inputs = self.tokenizer.encode_many([ex.text for ex in examples], self.max_text_length)
+        inputs = self._input_ids.get(self.tokenizer, indices, examples)
         items = PreparedBatch(
             {"id": ex.id, "input_ids": ids, "feats": feats[k], "boxes": boxes[k], "target": None, "target_ids": None,
              "weight": 1.0} for k, (ex, ids) in enumerate(zip(examples, inputs, strict=True)))
         items.feats, items.boxes = feats, boxes
         if self.train:
             chosen = [self.choose_target(ex) for ex in examples]  # the same draws, in the same order
-            targets = self.tokenizer.encode_many([t for t, _ in chosen], self.target_max_length)
+            targets = self._target_ids.get(self.tokenizer, [t for t, _ in chosen])
             for item, (target, weight), ids in zip(items, chosen, targets, strict=True):
                 item.update(target=target, target_ids=ids, weight=weight)
         return items
@@ -230,6 +232,51 @@ class TaskDataset(Dataset):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """``collate_fn`` for a DataLoader over this dataset."""
         return self.task.collate(items, self.tokenizer.pad_token_id)
+
+
+class EncodedInputs:
+    """The input ids of each example of a dataset, tokenised on the example's first batched read (one tokenizer
+    call for a batch's new examples) and kept as a row of an examples x ``max_length`` int32 matrix (its pages
+    are only allocated once written), so epochs after the first skip the tokenizer. Without a ``max_length``
+    nothing is kept."""
+
+    def __init__(self, n: int, max_length: int | None):
+        self.max_length = max_length
+        self.lengths = np.full(n, -1, np.int32) if max_length else None
+        self.rows: np.ndarray | None = None
+
+    def get(self, tokenizer: VLTokenizer, indices: Sequence[int], examples: Sequence[Example]) -> list[list[int]]:
+        if self.lengths is None:
+            return tokenizer.encode_many([ex.text for ex in examples], self.max_length)
+        if self.rows is None:
+            self.rows = np.zeros((len(self.lengths), self.max_length), np.int32)
+        new = [k for k, i in enumerate(indices) if self.lengths[i] < 0]
+        if new:
+            for k, ids in zip(new, tokenizer.encode_many([examples[k].text for k in new], self.max_length), strict=True):
+                self.rows[indices[k], :len(ids)] = ids
+                self.lengths[indices[k]] = len(ids)
+        return [self.rows[i, :self.lengths[i]].tolist() for i in indices]
+
+
+class EncodedTexts:
+    """Token ids of texts (training targets: VQA / GQA answers repeat), tokenised once per distinct text; at
+    most ``limit`` texts are kept (captions hardly repeat)."""
+
+    def __init__(self, max_length: int | None, limit: int = 1 << 16):
+        self.max_length, self.limit = max_length, limit
+        self.memo: dict[str, tuple[int, ...]] = {}
+
+    def get(self, tokenizer: VLTokenizer, texts: Sequence[str]) -> list[list[int]]:
+        new = [t for t in dict.fromkeys(texts) if t not in self.memo]
+        if not new:
+            return [list(self.memo[t]) for t in texts]
+        fresh = dict(zip(new, tokenizer.encode_many(new, self.max_length), strict=True))
+        out = [list(self.memo[t] if t in self.memo else fresh[t]) for t in texts]
+        for t, ids in fresh.items():
+            if len(self.memo) >= self.limit:
+                break
+            self.memo[t] = tuple(ids)
+        return out
 
 
 class PreparedBatch(list):
