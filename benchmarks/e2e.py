@@ -11,7 +11,8 @@ presets) and a tokenizer trained here whose vocabulary is padded to the real siz
 - ``host batch prep``: samples/s of one loader process building training batches (dataset + collate),
   per-image and consolidated stores;
 - ``loop/step ratio``: the epoch time of ``Engine.fit`` (default settings) / the time of the pure model step
-  (forward, backward, optimiser) on the same batches collated beforehand; ``data wait`` = the difference
+  (forward, backward, optimiser) on the same batches collated beforehand, timed right before that epoch
+  (``--repeats`` pairs after the first epoch; the median pair is printed); ``data wait`` = the difference
   per step;
 - ``vlcli step / bare``: the vlcli step vs a bare transformers + peft LoRA step that projects the same features
   with a trained Linear and feeds ``[text; visual]`` as ``inputs_embeds``;

@@ -143,3 +143,76 @@ def test_resume_is_bit_identical_with_loader_workers_and_prefetch(world, tmp_pat
     Engine(cut).fit(resume=True)
     a, b = load_file(str(tmp_path / "full" / "LAST.safetensors")), load_file(str(tmp_path / "cut" / "LAST.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_draws_do_not_depend_on_the_number_of_workers(world, tmp_path):
+    """Each batch's target draws are seeded by its key, not by the worker reading it: one worker and three give
+    the same run (every question gets three scored answers here, so the draws matter)."""
+    import json
+
+    data = tmp_path / "datasets"
+    shutil.copytree(world["data"], data)
+    questions = data / "vqa/karpathy_train.json"
+    rows = json.loads(questions.read_text())
+    for row in rows:
+        row["label"] = {**row["label"], "yes": 0.6, "no": 0.3}
+    questions.write_text(json.dumps(rows))
+
+    def run(name, workers):
+        Engine(settings(world, tmp_path / name, data=data, num_workers=workers, prefetch=1, epochs=2)).fit()
+        return load_file(str(tmp_path / name / "LAST.safetensors")), \
+            [r["train_loss"] for r in map(eval_json, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]
+
+    one, three = run("one", 1), run("three", 3)
+    assert one[1] == three[1]
+    assert all(torch.equal(one[0][k], three[0][k]) for k in one[0])
+
+
+def test_training_workers_persist_across_epochs(world, tmp_path, monkeypatch):
+    import os
+
+    from vlcli.tasks.base import TaskDataset
+
+    log = tmp_path / "draws.log"
+    redraw = TaskDataset.redraw
+
+    def logged(self, key):
+        with log.open("a") as fh:
+            fh.write(f"{os.getpid()} {key[1]}\n")
+        redraw(self, key)
+
+    monkeypatch.setattr(TaskDataset, "redraw", logged)  # before the workers fork: they inherit it
+    Engine(settings(world, tmp_path / "run", num_workers=2, prefetch=1, epochs=3)).fit()
+    by_epoch: dict[str, set[str]] = {}
+    for line in log.read_text().splitlines():
+        pid, epoch = line.split()
+        by_epoch.setdefault(epoch, set()).add(pid)
+    assert sorted(by_epoch) == ["0", "1", "2"]
+    assert by_epoch["0"] == by_epoch["1"] == by_epoch["2"] and len(by_epoch["0"]) == 2
+    assert str(os.getpid()) not in by_epoch["0"]
+
+
+def eval_json(line):
+    import json
+
+    return json.loads(line)
+
+
+def test_resume_with_workers_after_a_run_without_says_the_draws_change(world, tmp_path):
+    from vlcli.train.engine import Interrupted
+
+    messages: list[str] = []
+
+    class Collect:
+        def __getattr__(self, name):
+            return (lambda text: messages.append(text)) if name == "message" else (lambda *a, **k: None)
+
+    with pytest.raises(Interrupted):
+        Engine(settings(world, tmp_path / "run", num_workers=0)).fit(stop_after_steps=3)
+    Engine(settings(world, tmp_path / "run", num_workers=2, prefetch=1), reporter=Collect()).fit(resume=True)
+    assert any("not bit-identical" in m and "--num_workers 2" in m for m in messages)
+    messages.clear()
+    with pytest.raises(Interrupted):
+        Engine(settings(world, tmp_path / "same", num_workers=0)).fit(stop_after_steps=3)
+    Engine(settings(world, tmp_path / "same", num_workers=0), reporter=Collect()).fit(resume=True)
+    assert not any("bit-identical" in m for m in messages)

@@ -45,7 +45,7 @@ class TrainSettings(Section):
     multiGPU: Bool = F(False, "Compatibility flag of the original; DDP is automatic under torchrun.")  # noqa: N815
     fp16: Bool = F(False, "Mixed precision in float16 with a gradient scaler (bf16 is the GPU default).")
     distributed: Bool = F(False, "Compatibility flag: require a distributed launch (torchrun / accelerate).")
-    num_workers: Workers = F(0, "DataLoader worker processes: a count, or auto (from the CPU cores; 0 on CPU-only runs).")
+    num_workers: Workers = F("auto", "DataLoader worker processes: a count, or auto (the default: CPU cores per process - 1, at most 8; 0 on CPU-only runs). The reference default 0 is accepted.")
     local_rank: int = F(-1, "Process rank set by the launcher; -1 = taken from the environment.")
     output: str = F("snap/test", "Run directory: config, metrics, checkpoints, predictions, submissions.")
     load: OptStr = F(None, "Checkpoint to start from: run dir (BEST, else LAST), file with/without extension, or auto.")

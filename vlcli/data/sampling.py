@@ -20,6 +20,8 @@ import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from torch.utils.data import Sampler
+
 from vlcli.errors import VlcliError
 
 SCHEDULES = ("proportional", "roundrobin", "balanced")
@@ -83,9 +85,10 @@ class MultitaskLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         for loader in self.loaders.values():
-            sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
+            for sampler in {id(s): s for s in (getattr(loader, "batch_sampler", None),
+                                               getattr(loader, "sampler", None))}.values():
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
 
     def lengths(self) -> dict[str, int]:
         return {t: len(loader) for t, loader in self.loaders.items()}  # type: ignore[arg-type]
@@ -120,3 +123,46 @@ def counts(steps: Sequence[str]) -> dict[str, int]:
     for t in steps:
         out[t] = out.get(t, 0) + 1
     return out
+
+
+class KeyedBatch(list):
+    """A batch's dataset indices plus ``draw_key``: what seeds the batch's random draws (target choice, masking,
+    augmentation), so they do not depend on which DataLoader worker reads it or on how many there are."""
+
+    draw_key: tuple[int, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickles into worker processes with its key
+        return (_keyed_batch, (list(self), self.draw_key))
+
+
+def _keyed_batch(indices: list[int], key: tuple[int, ...]) -> KeyedBatch:
+    batch = KeyedBatch(indices)
+    batch.draw_key = key
+    return batch
+
+
+class KeyedBatchSampler(Sampler[KeyedBatch]):
+    """Batches of ``batch_size`` indices of ``sampler`` (the last one may be smaller), each a :class:`KeyedBatch`
+    keyed by (seed, epoch, rank, pass, batch number). With it, training workers can persist across epochs: the
+    draws follow from the key, not from a worker's random stream forked at the start of the epoch; a pass
+    counts re-iterations within an epoch (a ``balanced`` schedule restarting a loader)."""
+
+    def __init__(self, sampler: Sampler[int] | Iterable[int], batch_size: int, *, seed: int, rank: int = 0):
+        self.sampler, self.batch_size = sampler, batch_size
+        self.seed, self.rank = seed % 2**32, rank
+        self.epoch, self._passes = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self._passes = epoch, 0
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[KeyedBatch]:
+        run = self._passes
+        self._passes += 1
+        indices = list(self.sampler)
+        for number, start in enumerate(range(0, len(indices), self.batch_size)):
+            yield _keyed_batch(indices[start:start + self.batch_size], (self.seed, self.epoch, self.rank, run, number))

@@ -162,6 +162,13 @@ class TaskDataset(Dataset):
         """Restart the target-sampling stream from ``seed``."""
         self.rng = np.random.default_rng(seed)
 
+    def redraw(self, key: Sequence[int]) -> None:
+        """Seed this batch's draws from its key (:class:`vlcli.data.sampling.KeyedBatch`): the target-sampling
+        stream and, in a DataLoader worker, torch's generator (raw-image augmentation)."""
+        self.rng = np.random.default_rng(list(key))
+        if torch.utils.data.get_worker_info() is not None:  # never the training process's own generator
+            torch.manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0]))
+
     def choose_target(self, ex: Example) -> tuple[str, float]:
         """The target text of this read and its loss weight ("" with weight 0 when there is none)."""
         if not ex.targets:
@@ -208,6 +215,9 @@ class TaskDataset(Dataset):
         features of every image read in one pass into one float16 buffer, the texts tokenised in one call.
         The items equal ``[self[i] for i in indices]`` (features in their stored dtype); examples with several
         images, stores without a batch reader and datasets that build their own items take that path."""
+        key = getattr(indices, "draw_key", None)
+        if key is not None:
+            self.redraw(key)
         examples = [self.examples[i] for i in indices]
         read = getattr(self.store, "read_batch", None)
         own_items = type(self).__getitem__ is not TaskDataset.__getitem__

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from vlcli import api
 from vlcli.atomic import atomic_write, write_json
 from vlcli.config.settings import FIELDS
-from vlcli.data.sampling import MultitaskLoader
+from vlcli.data.sampling import KeyedBatchSampler, MultitaskLoader
 from vlcli.errors import VlcliError
 from vlcli.tasks import get_task
 from vlcli.tasks.base import TaskDataset, seed_worker
@@ -289,13 +289,16 @@ class Engine:
         else:
             sampler = None  # type: ignore[assignment]
         workers = self.num_workers
-        # Training workers restart each epoch: they must fork after the datasets' per-epoch reseed, which keeps
-        # the target draws (and a resume) the same for a given --num_workers. Evaluation workers persist.
-        extra = {"persistent_workers": not train, "prefetch_factor": self.settings.get("prefetch")} if workers else {}
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False,
-                          collate_fn=dataset.collate, num_workers=workers,
-                          worker_init_fn=seed_worker if workers else None, pin_memory=self.ctx.device.type == "cuda",
-                          **extra)
+        common = {"collate_fn": dataset.collate, "num_workers": workers, "pin_memory": self.ctx.device.type == "cuda"}
+        if workers:  # workers persist across epochs and validations, each preparing --prefetch batches ahead
+            common.update(persistent_workers=True, prefetch_factor=self.settings.get("prefetch"), worker_init_fn=seed_worker)
+        if train and workers:
+            # each batch's draws are seeded by its key (seed, epoch, rank, number), not by the worker reading it:
+            # the same for any number of workers, and a persistent worker needs no reseed at each epoch
+            batches = KeyedBatchSampler(sampler, batch_size, seed=seed, rank=self.ctx.rank)
+            return DataLoader(dataset, batch_sampler=batches, **common)
+        # without workers, training draws follow the dataset's stream, reseeded each epoch (as the original)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=False, **common)
 
     def eval_loader(self, task: str, split: str, role: str | None) -> tuple[DataLoader, TaskDataset]:
         """The evaluation loader of a split, made once (its workers persist across validations)."""
@@ -361,7 +364,12 @@ class Engine:
             "best": self.history.best,
             "best_epoch": self.history.best_epoch,
             "rng": rng_state(),
+            "draws": self._draws(),
         }
+
+    def _draws(self) -> str:
+        """Where training draws come from: the dataset's stream (no workers) or each batch's key (workers)."""
+        return "keyed" if self.num_workers else "stream"
 
     def _restore(self, plan: TrainingPlan) -> None:
         """Weights, optimisers, schedules, scaler, position and RNG from ``LAST`` of the run directory.
@@ -386,6 +394,12 @@ class Engine:
         if not self.ctx.is_main:  # the saved tally already sums every rank's part
             self.position.tally = EpochTally(seconds=self.position.tally.seconds)
         self.history = History(state["history"], state["best"], state["best_epoch"])
+        if state.get("draws", self._draws()) != self._draws():
+            self.reporter.message(
+                f"--num_workers {self.num_workers}: the run was interrupted with "
+                f"{'workers' if state.get('draws') == 'keyed' else 'no workers'}, and training draws (VQA / GQA targets, "
+                "masking, augmentation) come from one stream without workers but from per-batch keys with them; the "
+                "run goes on, but not bit-identical to an uninterrupted one (resume with the same choice for that)")
         set_rng_state(self.position.rng_epoch_start or state["rng"])
         self._resume_rng = state["rng"] if self.position.batches_done else None
 
