@@ -31,9 +31,9 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_raw.py tests/tes
 [ "${BENCH:-1}" = 0 ] && exit 0
 
 echo "== end to end: Engine.fit vs the pure step and a bare transformers+LoRA step (targets in the README)"
-timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000
-timeout 150 python3 benchmarks/e2e.py --device cuda --arch t5-base --batch 500 --steps 10 --images 2000
-timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000 --compile
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000 --repeats 5
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch t5-base --batch 500 --steps 10 --images 2000 --repeats 5
+timeout 150 python3 benchmarks/e2e.py --device cuda --arch bart-base --batch 500 --steps 10 --images 2000 --repeats 5 --compile
 
 echo "== benchmarks"
 timeout 90 python3 benchmarks/train_step.py --backbone t5-base --batch 128 --steps 10 --device cuda --bf16

@@ -137,12 +137,77 @@ def test_a_file_that_went_away_is_named(world, tmp_path):
         ds.__getitems__([0, 1])
 
 
+@pytest.mark.parametrize("boxes", [False, True])
+def test_per_item_reads_after_the_first_skip_h5py_and_return_the_same_arrays(world, tmp_path, monkeypatch, boxes):
+    """Per-item reads (pretraining, NLVR2, RefCOCOg, VCR) use the learnt offsets too: same float32 features and
+    boxes as the checked first read, no h5py call."""
+    from vlcli.data.features import CLIPStore, ConsolidatedStore
+
+    rng = np.random.default_rng(0)
+    arrays = {f"img{k}": rng.normal(size=(9, 16)).astype(np.float16) for k in range(3)}
+    box = {k: rng.uniform(size=(9, 4)).astype(np.float32) for k in arrays}
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for key, value in arrays.items():
+        with h5py.File(folder / f"{key}.h5", "w") as f:
+            f.create_dataset("features", data=value)
+    write_consolidated(tmp_path / "all.h5", {k: (v, box[k]) if boxes else v for k, v in arrays.items()})
+    stores = [ConsolidatedStore(tmp_path / "all.h5")] + ([] if boxes else [CLIPStore(folder)])
+    import vlcli.data.features as features
+
+    for store in stores:
+        first = {k: store.get(k) for k in arrays}
+        with monkeypatch.context() as m:
+            m.setattr(features.h5py, "File", lambda *a, **k: (_ for _ in ()).throw(AssertionError("h5py used")))
+            m.setattr(features.h5py.Group, "__getitem__", lambda *a: (_ for _ in ()).throw(AssertionError("h5py used")))
+            again = {k: store.get(k) for k in arrays}
+        for k, (feats, bxs) in again.items():
+            assert feats.dtype == np.float32 and np.array_equal(feats, arrays[k].astype(np.float32))
+            assert np.array_equal(feats, first[k][0]) and np.array_equal(bxs, first[k][1])
+            assert np.array_equal(bxs, box[k] if boxes else np.zeros((9, 4), np.float32))
+
+
+def test_a_per_item_read_that_failed_its_checks_fails_again_and_a_vanished_file_is_named(tmp_path):
+    from vlcli.data.features import CLIPStore, FeatureError
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    with h5py.File(folder / "img0.h5", "w") as f:
+        f.create_dataset("features", data=np.zeros((9, 16), np.float16))
+    wrong = CLIPStore(folder, feat_dim=32)
+    for _ in range(2):  # a failed check is not learnt as a fast path
+        with pytest.raises(FeatureError, match="16 wide, expected 32"):
+            wrong.get("img0")
+    store = CLIPStore(folder)
+    store.get("img0")
+    (folder / "img0.h5").unlink()
+    with pytest.raises(FeatureError, match="img0"):
+        store.get("img0")
+
+
 def test_encode_many_equals_encode(world):
     settings = api.load_settings(task="vqa", backbone=str(world["t5"]))
     tok = api.build_tokenizer(settings)
     texts = ["what color is the object?", "", "a b c d e f g h i j k l m n o p", "vqa: is it red?"]
     for length in (None, 5):
         assert tok.encode_many(texts, length) == [tok.encode(t, length) for t in texts]
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_decode_many_equals_decode(world, tmp_path, family):
+    """Generation output is decoded in one host copy per batch; the texts are decode's, row by row (special
+    tokens, padding and surrounding spaces included)."""
+    backbone = world["t5"] if family == "t5" else make_backbone_dir(tmp_path / "bart", "bart")
+    tok = api.build_tokenizer(api.load_settings(task="vqa", backbone=str(backbone)))
+    texts = ["red", "what color is the cube?", "", " yes ", "two balls"]
+    width = max(len(ids) for ids in tok.encode_many(texts)) + 2
+    rows = torch.full((len(texts), width), tok.pad_token_id)
+    for k, ids in enumerate(tok.encode_many(texts)):
+        rows[k, : len(ids)] = torch.tensor(ids)
+    rows = torch.cat([torch.full((len(texts), 1), tok.pad_token_id), rows], dim=1)  # decoder start token first
+    assert tok.decode_many(rows) == [tok.decode(row) for row in rows]
+    assert tok.decode_many(rows.tolist()) == [tok.decode(row) for row in rows]
+    assert tok.decode_many(rows)[0] == "red" and tok.decode_many(rows)[2] == ""
 
 
 def test_training_with_batched_loading_matches_per_item_loading(world, tmp_path, monkeypatch):

@@ -232,7 +232,7 @@ class Predictor:
         ids = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["vis_feats"], batch["vis_pos"],
                                   task=self.task, num_beams=width, num_return_sequences=width,
                                   max_length=task.run(self.settings).gen_max_length, **visual)
-        texts = [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        texts = self.tokenizer.decode_many(ids)
         ranked: list[list[tuple[str, float]]] = []
         for row in range(batch["input_ids"].shape[0]):
             candidates = [t for t in dict.fromkeys(texts[row * width : (row + 1) * width]) if t.strip()]

@@ -376,6 +376,19 @@ class CLIPStore(FeatureStore):
         return self.directory / f"{image_id}.h5"
 
     def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Features (N, F) as float32 and zero boxes. The first read goes through h5py and every check and
+        learns where the array lies; later reads are one plain file read at that offset."""
+        lay = self._layouts.get(image_id)
+        if lay is not None and lay.offset is not None:
+            out = np.empty(lay.shape, lay.dtype)
+            try:
+                self._read_into(image_id, lay, out)
+                return _as_float32(out), np.zeros((lay.shape[0], 4), np.float32)
+            except OSError:
+                del self._layouts[image_id]  # the file changed or went away: the checked read below names it
+        return self._checked_get(image_id)
+
+    def _checked_get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         path = self._file_of(image_id)
         if not path.is_file():
             if not self.directory.is_dir():
@@ -390,7 +403,7 @@ class CLIPStore(FeatureStore):
             with h5py.File(path, "r") as f:
                 node = f[image_id]["features"] if image_id in f else f["features"]
                 feats = _as_float32(node[()])
-                self._layouts[image_id] = _Layout(node)  # later batch reads go straight to the bytes
+                layout = _Layout(node)
         except KeyError:
             raise FeatureError(f"{path}: no dataset {image_id}/features; fix: re-extract this image") from None
         except OSError as exc:
@@ -402,6 +415,7 @@ class CLIPStore(FeatureStore):
                 f"{path}: features are {feats.shape[1]} wide, expected {self._expected_dim}; "
                 "fix: set feature_type to the backbone the features were extracted with"
             )
+        self._layouts[image_id] = layout  # checked: later reads go straight to the bytes
         return feats, np.zeros((feats.shape[0], 4), np.float32)
 
     def read_batch(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -422,7 +436,7 @@ class CLIPStore(FeatureStore):
                 self._read_into(image_id, lay, out[k])
             except OSError:
                 self._layouts.pop(image_id, None)
-                self.get(image_id)  # the file changed or went away: get names it
+                self._checked_get(image_id)  # the file changed or went away: the checked read names it
                 raise
         return out, np.zeros((len(ids), layouts[0].shape[0], 4), np.float32)
 
@@ -457,6 +471,7 @@ class ConsolidatedStore(_H5Store):
     def __init__(self, path: str | os.PathLike[str], feat_dim: int | None = None, hint: str | None = None):
         super().__init__(path, feat_dim, hint)
         self._layouts: dict[str, _Layout] = {}
+        self._box_layouts: dict[str, _Layout | None] = {}
         self._raw: tuple[int, int] | None = None  # (pid, descriptor) for read_batch
         self._buffers = _BatchBuffers()
 
@@ -470,20 +485,38 @@ class ConsolidatedStore(_H5Store):
         return f["features"], f.get("boxes")
 
     def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Features (N, F) as float32 and boxes (N, 4); after an image's first (checked) read, plain reads at
+        the offsets of its arrays in the file."""
+        lay, box = self._layouts.get(image_id), self._box_layouts.get(image_id)
+        if lay is not None and lay.offset is not None and (box is None or box.offset is not None):
+            feats = np.empty(lay.shape, lay.dtype)
+            _pread_into(self._fd(), lay.offset, feats)
+            boxes = np.zeros((lay.shape[0], 4), np.float32)
+            if box is not None:
+                raw = np.empty(box.shape, box.dtype)
+                _pread_into(self._fd(), box.offset, raw)
+                boxes = _as_float32(raw)
+            return _as_float32(feats), boxes
+        return self._checked_get(image_id)
+
+    def _checked_get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         feats_group, boxes_group = self._groups()
         try:
             node = feats_group[image_id]
         except KeyError:
             raise self._no_image(image_id) from None
         feats = _as_float32(node[()])
-        self._layouts[image_id] = _Layout(node)
         self._check_features(image_id, feats)
+        box = None
         if boxes_group is not None and image_id in boxes_group:
-            boxes = _as_float32(boxes_group[image_id][()])
+            box_node = boxes_group[image_id]
+            boxes = _as_float32(box_node[()])
             if boxes.shape != (feats.shape[0], 4):
                 raise FeatureError(f"{self.path}: boxes of image {image_id!r} must be ({feats.shape[0]}, 4); got {boxes.shape}")
+            box = _Layout(box_node)
         else:
             boxes = np.zeros((feats.shape[0], 4), np.float32)
+        self._layouts[image_id], self._box_layouts[image_id] = _Layout(node), box  # checked
         return feats, boxes
 
     def read_batch(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -505,10 +538,16 @@ class ConsolidatedStore(_H5Store):
             else:
                 _pread_into(fd, lay.offset, out[k])
         boxes = np.zeros((len(ids), layouts[0].shape[0], 4), np.float32)
-        if boxes_group is not None:
-            for k, image_id in enumerate(ids):
-                if image_id in boxes_group:
-                    boxes[k] = self.get(image_id)[1]
+        for k, image_id in enumerate(ids):
+            box = self._box_layouts.get(image_id)
+            if box is None:
+                continue
+            if box.offset is None:
+                boxes[k] = boxes_group[image_id][()]
+            else:
+                raw = np.empty(box.shape, box.dtype)
+                _pread_into(fd, box.offset, raw)
+                boxes[k] = raw
         return out, boxes
 
     def _fd(self) -> int:

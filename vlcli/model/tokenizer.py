@@ -131,6 +131,11 @@ class VLTokenizer:
             ids = ids.tolist()
         return self.hf.decode(list(ids), skip_special_tokens=skip_special_tokens).strip()
 
+    def decode_many(self, rows: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True) -> list[str]:
+        """:meth:`decode` of every row; a device tensor is copied to the host once (not a sync per row)."""
+        rows = rows.tolist() if hasattr(rows, "tolist") else [list(r) for r in rows]
+        return [text.strip() for text in self.hf.batch_decode(rows, skip_special_tokens=skip_special_tokens)]
+
     def _check_max_length(self, max_length: int | None) -> None:
         if max_length is None:
             return

@@ -573,7 +573,7 @@ class Task:
             max_length=self.run(settings).gen_max_length,
             **visual,
         )
-        return {i: tokenizer.decode(row, skip_special_tokens=True) for i, row in zip(batch["ids"], ids, strict=True)}
+        return dict(zip(batch["ids"], tokenizer.decode_many(ids), strict=True))
 
     # ------------------------------------------------------------------------------ metrics
 

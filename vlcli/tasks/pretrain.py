@@ -478,7 +478,7 @@ class PretrainTask(Task):
             max_length=self.run(settings).gen_max_length,
             **visual,
         )
-        return [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        return tokenizer.decode_many(ids)
 
     # ------------------------------------------------------------------------------- metrics
 
