@@ -11,8 +11,8 @@ presets) and a tokenizer trained here whose vocabulary is padded to the real siz
 - ``host batch prep``: samples/s of one loader process building training batches (dataset + collate),
   per-image and consolidated stores;
 - ``loop/step ratio``: the epoch time of ``Engine.fit`` (default settings) / the time of the pure model step
-  (forward, backward, optimiser) on the same batches collated beforehand, timed right before that epoch
-  (``--repeats`` pairs after the first epoch; the median pair is printed); ``data wait`` = the difference
+  (forward, backward, optimiser) on the same batches collated beforehand, timed right before and right after
+  that epoch (``--repeats`` epochs after the first; the median is printed); ``data wait`` = the difference
   per step;
 - ``vlcli step / bare``: the vlcli step vs a bare transformers + peft LoRA step that projects the same features
   with a trained Linear and feeds ``[text; visual]`` as ``inputs_embeds``;
@@ -51,7 +51,7 @@ hf_logging.disable_progress_bar()  # transformers' loading bars would interleave
 COLORS = ["red", "blue", "green", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["cube", "ball", "cone", "ring"]
 REAL_VOCAB = {"t5": 32100, "bart": 50265}
-EVAL_REPEATS = 7
+EVAL_REPEATS = 15
 
 
 def corpus() -> list[str]:
@@ -183,7 +183,8 @@ def pure_steps(engine: Engine, batches: list[dict], device: torch.device) -> flo
 
 
 class PurePassBeforeEachEpoch(SilentReporter):
-    """Times a pure pass (``run``) at the start of every epoch of ``Engine.fit``, before the epoch's clock starts."""
+    """Times a pure pass (``run``) at the start of every epoch of ``Engine.fit``, before the epoch's clock starts
+    (so every epoch lies between two pure passes: its own and the next epoch's, or one run after ``fit``)."""
 
     def __init__(self) -> None:
         self.run: Callable[[], float] | None = None
@@ -236,7 +237,7 @@ def main() -> None:
     parser.add_argument("--arch", default="tiny", help="tiny (t5 family), tiny-bart, t5-base, bart-base, ...")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--steps", type=int, default=6, help="training steps timed (one epoch)")
-    parser.add_argument("--repeats", type=int, default=9, help="epochs timed after the first (each paired with a pure pass)")
+    parser.add_argument("--repeats", type=int, default=9, help="epochs timed after the first (each between two pure passes)")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--lora_dim", type=int, default=128)
     parser.add_argument("--bf16", action="store_true", help="(CUDA) the engine's default bf16 autocast")
@@ -278,18 +279,20 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         history = engine.fit()
-        # pairs (pure pass, the epoch right after it) from the second epoch on (the first reads each image
-        # cold): the machine's load drifts slowly, so each pair sees the same conditions; the median pair
-        # is the figure (a single reading on a shared 2-core machine swings by 10-20 %)
-        pures = engine.reporter.times
+        pures = engine.reporter.times + [engine.reporter.run()]  # one more pure pass after the last epoch
+        # each epoch from the second on (the first reads each image cold) against the mean of the pure passes
+        # right before and right after it: the machine's speed drifts (load, clocks), and bracketing cancels
+        # the drift and any order effect; the median epoch is the figure (a single reading on a shared 2-core
+        # machine swings by 10-20 %)
         epochs = [r["epoch_s"] for r in history.records]
-        ratios = sorted(e / p for e, p in zip(epochs[1:], pures[1:], strict=True))
+        around = [(a + b) / 2 for a, b in zip(pures, pures[1:])]
+        ratios = sorted(e / p for e, p in zip(epochs[1:], around[1:], strict=True))
         ratio = ratios[len(ratios) // 2]
-        pure, epoch_s = sorted(pures[1:])[len(ratios) // 2], sorted(epochs[1:])[len(ratios) // 2]
+        pure, epoch_s = sorted(around[1:])[len(ratios) // 2], sorted(epochs[1:])[len(ratios) // 2]
         print(f"pure model step: {pure / args.steps * 1000:.1f} ms/step ({n_train / pure:,.0f} samples/s)")
         print(f"Engine.fit: {epoch_s / args.steps * 1000:.1f} ms/step ({n_train / epoch_s:,.0f} samples/s, "
               f"num_workers {engine.num_workers}); epoch 1 (each image's first read): {epochs[0] / pures[0]:.2f}x the step")
-        print(f"loop/step ratio: {ratio:.2f} (median of {len(ratios)} pairs of a pure pass and the epoch after it; "
+        print(f"loop/step ratio: {ratio:.2f} (median of {len(ratios)} epochs, each against the pure passes around it; "
               f"all: {' '.join(f'{r:.2f}' for r in ratios)})")
         print(f"data wait: {max(0.0, epoch_s - pure) / args.steps * 1000:.1f} ms/step")
         if device.type == "cuda":

@@ -216,3 +216,25 @@ def test_resume_with_workers_after_a_run_without_says_the_draws_change(world, tm
         Engine(settings(world, tmp_path / "same", num_workers=0)).fit(stop_after_steps=3)
     Engine(settings(world, tmp_path / "same", num_workers=0), reporter=Collect()).fit(resume=True)
     assert not any("bit-identical" in m for m in messages)
+
+
+def test_objects_alive_when_training_starts_are_frozen_for_the_run_and_given_back(world, tmp_path):
+    import gc
+
+    seen: list[int] = []
+
+    class Watch:
+        def __getattr__(self, name):
+            return (lambda *a, **k: seen.append(gc.get_freeze_count())) if name == "epoch_start" else (lambda *a, **k: None)
+
+    assert gc.get_freeze_count() == 0
+    Engine(settings(world, tmp_path / "run", epochs=2), reporter=Watch()).fit()
+    assert len(seen) == 2 and min(seen) > 10_000  # the model, tokenizer, datasets and every imported module
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a caller that froze its own objects keeps them frozen
+    try:
+        kept = gc.get_freeze_count()
+        Engine(settings(world, tmp_path / "again", epochs=1)).fit()
+        assert gc.get_freeze_count() > 0.9 * kept  # still frozen (a few of those objects were freed since)
+    finally:
+        gc.unfreeze()

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import os
 import time
 from collections.abc import Hashable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,22 @@ def prefetched(batches: Iterable[Any], device: torch.device, tagged: bool = Fals
         pending = moved
     if pending is not None:
         yield pending
+
+
+@contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Keep the objects that exist when training starts (the model, tokenizer, datasets: millions with
+    transformers loaded) out of Python's full garbage collections while it runs: each such collection walked
+    them all, ~200 ms at a time, at moments set by the loop's allocations (up to 5 % of an epoch of 750 ms steps
+    on the CPU). They are given back to the collector afterwards, unless the caller had frozen objects itself.
+    Workers forked meanwhile also share those objects' pages instead of copying them when the collector runs."""
+    ours = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if ours:
+            gc.unfreeze()
 
 
 # ---------------------------------------------------------------------------------------- engine
@@ -461,7 +478,7 @@ class Engine:
         elif self.settings.get("dry"):
             self._record({"epoch": -1, **self._evaluate_all("valid")})
         stop = StopRequest()
-        with stop.installed():
+        with stop.installed(), long_lived_objects_frozen():
             for epoch in range(self.position.epoch, plan.epochs):
                 self._train_epoch(plan, epoch, stop, stop_after_steps)
                 self._end_epoch(plan, epoch)
