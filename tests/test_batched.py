@@ -167,6 +167,40 @@ def test_per_item_reads_after_the_first_skip_h5py_and_return_the_same_arrays(wor
             assert np.array_equal(bxs, box[k] if boxes else np.zeros((9, 4), np.float32))
 
 
+@pytest.mark.parametrize("n_boxes", [None, 3])
+def test_butd_reads_after_the_first_skip_h5py_and_a_batch_equals_its_items(tmp_path, monkeypatch, n_boxes):
+    """BUTD region files: per-item reads after the first and whole batches use the learnt offsets and give
+    the checked read's features and normalised, clamped boxes exactly (float16 and float32 files)."""
+    from vlcli.data.features import BUTDStore
+
+    rng = np.random.default_rng(1)
+    expected = {}
+    with h5py.File(tmp_path / "butd.h5", "w") as f:
+        for k in range(4):
+            g = f.create_group(f"img{k}")
+            feats = rng.normal(size=(5, 16)).astype(np.float16 if k % 2 else np.float32)
+            pixels = np.sort(rng.uniform(0, 100, size=(5, 2, 2)), axis=1).reshape(5, 4)[:, (0, 2, 1, 3)]
+            pixels[0] = [0, 0, 100.0000001, 50]  # just past the edge: within the tolerance, clamped
+            g["features"], g["boxes"], g["img_w"], g["img_h"] = feats.astype(np.float32), pixels, 100.0, 50.0 * 2
+            expected[f"img{k}"] = feats.astype(np.float32)
+    store = BUTDStore(tmp_path / "butd.h5", n_boxes=n_boxes)
+    first = {k: store.get(k) for k in expected}
+    import vlcli.data.features as features
+
+    with monkeypatch.context() as m:
+        m.setattr(features.h5py.Group, "__getitem__", lambda *a: (_ for _ in ()).throw(AssertionError("h5py used")))
+        again = {k: store.get(k) for k in expected}
+        batch = store.read_batch(list(expected)[::-1])
+    n = n_boxes or 5
+    for k, (feats, boxes) in again.items():
+        assert np.array_equal(feats, expected[k][:n]) and np.array_equal(feats, first[k][0])
+        assert np.array_equal(boxes, first[k][1]) and boxes.dtype == np.float32 and boxes.max() <= 1.0
+    assert batch is not None
+    for row, k in enumerate(list(expected)[::-1]):
+        assert np.array_equal(batch[0][row].astype(np.float32), first[k][0])
+        assert np.array_equal(batch[1][row], first[k][1])
+
+
 def test_a_per_item_read_that_failed_its_checks_fails_again_and_a_vanished_file_is_named(tmp_path):
     from vlcli.data.features import CLIPStore, FeatureError
 

@@ -206,6 +206,14 @@ class _BatchBuffers:
         return {"keep": self.keep, "_buffers": []}  # a copy of the store (a spawned worker) starts empty
 
 
+def _scaled(pixel_boxes: np.ndarray, img_w: float, img_h: float) -> np.ndarray:
+    """BUTD pixel corner boxes divided by the image size (float64; not yet clamped)."""
+    boxes = np.array(pixel_boxes, dtype=np.float64)
+    boxes[:, (0, 2)] /= img_w
+    boxes[:, (1, 3)] /= img_h
+    return boxes
+
+
 def _stack_dtype(layouts: list[_Layout]) -> np.dtype | None:
     """The common stored dtype of a batch (float16 or float32), or None when shapes or dtypes differ."""
     first = layouts[0]
@@ -220,6 +228,15 @@ class _H5Store(FeatureStore):
     def __init__(self, path: str | os.PathLike[str], feat_dim: int | None = None, hint: str | None = None):
         self._h5 = _LazyH5(path, hint)
         self._expected_dim = feat_dim
+        self._raw: tuple[int, int] | None = None  # (pid, descriptor) for plain reads at learnt offsets
+        self._buffers = _BatchBuffers()
+
+    def _fd(self) -> int:
+        """This process's own descriptor of the file (a forked worker opens its own)."""
+        pid = os.getpid()
+        if self._raw is None or self._raw[0] != pid:
+            self._raw = (pid, os.open(self.path, os.O_RDONLY))
+        return self._raw[1]
 
     @property
     def path(self) -> Path:
@@ -275,8 +292,29 @@ class BUTDStore(_H5Store):
         if n_boxes is not None and n_boxes < 1:
             raise FeatureError(f"n_boxes must be >= 1 to read {self.path}; got {n_boxes}")
         self.n_boxes = n_boxes
+        self._learnt: dict[str, tuple[_Layout, _Layout, float, float]] = {}  # features, pixel boxes, width, height
 
     def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n_boxes`` regions' features (float32) and normalised boxes; after an image's checked first
+        read, two plain reads at the learnt offsets (features and pixel boxes) and the same normalisation."""
+        learnt = self._learnt.get(image_id)
+        if learnt is None:
+            return self._checked_get(image_id)
+        lay, box, img_w, img_h = learnt
+        n = self._rows(lay)
+        feats = np.empty((n, lay.shape[1]), lay.dtype)
+        _pread_into(self._fd(), lay.offset, feats)  # type: ignore[arg-type]
+        return _as_float32(feats), self._read_boxes(box, n, img_w, img_h)
+
+    def _rows(self, lay: _Layout) -> int:
+        return lay.shape[0] if self.n_boxes is None else self.n_boxes
+
+    def _read_boxes(self, box: _Layout, n: int, img_w: float, img_h: float) -> np.ndarray:
+        raw = np.empty((n, 4), box.dtype)
+        _pread_into(self._fd(), box.offset, raw)  # type: ignore[arg-type]
+        return np.clip(_scaled(raw, img_w, img_h), 0.0, 1.0).astype(np.float32)
+
+    def _checked_get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         f = self._h5.file()
         try:
             group = f[image_id]
@@ -298,13 +336,12 @@ class BUTDStore(_H5Store):
             )
         feats = _as_float32(feats_ds[:n])
         self._check_features(image_id, feats)
-        boxes = np.array(boxes_ds[:n], dtype=np.float64)
-        if boxes.shape != (n, 4):
-            raise FeatureError(f"{self.path}: boxes of image {image_id!r} must be ({n}, 4); got {boxes.shape}")
+        raw = np.asarray(boxes_ds[:n])
+        if raw.shape != (n, 4):
+            raise FeatureError(f"{self.path}: boxes of image {image_id!r} must be ({n}, 4); got {raw.shape}")
         if not (img_w > 0 and img_h > 0):
             raise FeatureError(f"{self.path}: image {image_id!r} has size {img_w}x{img_h}; fix: re-convert the file")
-        boxes[:, (0, 2)] /= img_w
-        boxes[:, (1, 3)] /= img_h
+        boxes = _scaled(raw, img_w, img_h)
         inside = (boxes >= -BOX_TOLERANCE) & (boxes <= 1 + BOX_TOLERANCE)
         if not inside.all():
             row, col = np.argwhere(~inside)[0]
@@ -312,8 +349,35 @@ class BUTDStore(_H5Store):
                 f"{self.path}: box {row} of image {image_id!r} lies outside the {img_w:g}x{img_h:g} image "
                 f"(normalised coordinate {col} = {boxes[row, col]:.6g}); fix: re-convert the file with the right img_w/img_h"
             )
-        np.clip(boxes, 0.0, 1.0, out=boxes)
-        return feats, boxes.astype(np.float32)
+        lay, box = _Layout(feats_ds), _Layout(boxes_ds)
+        if lay.offset is not None and box.offset is not None and feats_ds.ndim == 2 and boxes_ds.ndim == 2 \
+                and boxes_ds.shape[1] == 4 and np.dtype(box.dtype).kind == "f":
+            self._learnt[image_id] = (lay, box, img_w, img_h)  # checked: later reads go straight to the bytes
+        return feats, np.clip(boxes, 0.0, 1.0).astype(np.float32)
+
+    def read_batch(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Features (B, n, F) in their stored dtype and normalised boxes (B, n, 4) of ``ids`` by plain reads at
+        the learnt offsets; None (the per-item path) when the images hold different numbers of regions (no
+        ``n_boxes``), differ in dtype, or an array is chunked or compressed."""
+        for image_id in dict.fromkeys(ids):
+            if image_id not in self._learnt:
+                self._checked_get(image_id)
+        learnt = [self._learnt.get(i) for i in ids]
+        if any(entry is None for entry in learnt):
+            return None
+        shapes = {(self._rows(lay), lay.shape[1], lay.dtype) for lay, *_ in learnt}  # type: ignore[misc]
+        if len(shapes) != 1:
+            return None
+        ((n, width, dtype),) = shapes
+        if dtype not in (np.float16, np.float32):
+            return None
+        out = self._buffers.take((len(ids), n, width), dtype)
+        boxes = np.empty((len(ids), n, 4), np.float32)
+        fd = self._fd()
+        for k, (lay, box, img_w, img_h) in enumerate(learnt):  # type: ignore[misc]
+            _pread_into(fd, lay.offset, out[k])
+            boxes[k] = self._read_boxes(box, n, img_w, img_h)
+        return out, boxes
 
     def extras(self, image_id: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
         """Other datasets of an image's group, unprocessed (e.g. pixel ``boxes``, ``obj_id``, ``attr_id``,
@@ -472,8 +536,6 @@ class ConsolidatedStore(_H5Store):
         super().__init__(path, feat_dim, hint)
         self._layouts: dict[str, _Layout] = {}
         self._box_layouts: dict[str, _Layout | None] = {}
-        self._raw: tuple[int, int] | None = None  # (pid, descriptor) for read_batch
-        self._buffers = _BatchBuffers()
 
     def _groups(self) -> tuple[Any, Any]:
         f = self._h5.file()
@@ -549,12 +611,6 @@ class ConsolidatedStore(_H5Store):
                 _pread_into(fd, box.offset, raw)
                 boxes[k] = raw
         return out, boxes
-
-    def _fd(self) -> int:
-        pid = os.getpid()
-        if self._raw is None or self._raw[0] != pid:
-            self._raw = (pid, os.open(self.path, os.O_RDONLY))
-        return self._raw[1]
 
     def __contains__(self, image_id: object) -> bool:
         return isinstance(image_id, str) and image_id in self._groups()[0]
