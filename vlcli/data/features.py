@@ -180,6 +180,14 @@ def _pread_into(fd: int, offset: int, out: np.ndarray) -> None:
         done += n
 
 
+def _read_array(fd: int, lay: _Layout, rows: int | None = None) -> np.ndarray:
+    """A new array (stored dtype) of the bytes at ``lay``'s offset in the open file ``fd``: the whole array, or
+    its first ``rows`` rows."""
+    out = np.empty(lay.shape if rows is None else (rows, *lay.shape[1:]), lay.dtype)
+    _pread_into(fd, lay.offset, out)  # type: ignore[arg-type]
+    return out
+
+
 class _BatchBuffers:
     """The (B, N, F) arrays :meth:`read_batch` fills, reused once nothing refers to them any more.
 
@@ -302,16 +310,13 @@ class BUTDStore(_H5Store):
             return self._checked_get(image_id)
         lay, box, img_w, img_h = learnt
         n = self._rows(lay)
-        feats = np.empty((n, lay.shape[1]), lay.dtype)
-        _pread_into(self._fd(), lay.offset, feats)  # type: ignore[arg-type]
-        return _as_float32(feats), self._read_boxes(box, n, img_w, img_h)
+        return _as_float32(_read_array(self._fd(), lay, n)), self._read_boxes(box, n, img_w, img_h)
 
     def _rows(self, lay: _Layout) -> int:
         return lay.shape[0] if self.n_boxes is None else self.n_boxes
 
     def _read_boxes(self, box: _Layout, n: int, img_w: float, img_h: float) -> np.ndarray:
-        raw = np.empty((n, 4), box.dtype)
-        _pread_into(self._fd(), box.offset, raw)  # type: ignore[arg-type]
+        raw = _read_array(self._fd(), box, n)
         return np.clip(_scaled(raw, img_w, img_h), 0.0, 1.0).astype(np.float32)
 
     def _checked_get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -351,7 +356,7 @@ class BUTDStore(_H5Store):
             )
         lay, box = _Layout(feats_ds), _Layout(boxes_ds)
         if lay.offset is not None and box.offset is not None and feats_ds.ndim == 2 and boxes_ds.ndim == 2 \
-                and boxes_ds.shape[1] == 4 and np.dtype(box.dtype).kind == "f":
+                and boxes_ds.shape[1] == 4 and box.dtype.kind == "f":
             self._learnt[image_id] = (lay, box, img_w, img_h)  # checked: later reads go straight to the bytes
         return feats, np.clip(boxes, 0.0, 1.0).astype(np.float32)
 
@@ -551,14 +556,9 @@ class ConsolidatedStore(_H5Store):
         the offsets of its arrays in the file."""
         lay, box = self._layouts.get(image_id), self._box_layouts.get(image_id)
         if lay is not None and lay.offset is not None and (box is None or box.offset is not None):
-            feats = np.empty(lay.shape, lay.dtype)
-            _pread_into(self._fd(), lay.offset, feats)
-            boxes = np.zeros((lay.shape[0], 4), np.float32)
-            if box is not None:
-                raw = np.empty(box.shape, box.dtype)
-                _pread_into(self._fd(), box.offset, raw)
-                boxes = _as_float32(raw)
-            return _as_float32(feats), boxes
+            fd = self._fd()
+            boxes = np.zeros((lay.shape[0], 4), np.float32) if box is None else _as_float32(_read_array(fd, box))
+            return _as_float32(_read_array(fd, lay)), boxes
         return self._checked_get(image_id)
 
     def _checked_get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -604,12 +604,7 @@ class ConsolidatedStore(_H5Store):
             box = self._box_layouts.get(image_id)
             if box is None:
                 continue
-            if box.offset is None:
-                boxes[k] = boxes_group[image_id][()]
-            else:
-                raw = np.empty(box.shape, box.dtype)
-                _pread_into(fd, box.offset, raw)
-                boxes[k] = raw
+            boxes[k] = boxes_group[image_id][()] if box.offset is None else _read_array(fd, box)
         return out, boxes
 
     def __contains__(self, image_id: object) -> bool:

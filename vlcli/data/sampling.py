@@ -85,9 +85,8 @@ class MultitaskLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         for loader in self.loaders.values():
-            for sampler in {id(s): s for s in (getattr(loader, "batch_sampler", None),
-                                               getattr(loader, "sampler", None))}.values():
-                if hasattr(sampler, "set_epoch"):
+            for sampler in (getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+                if hasattr(sampler, "set_epoch"):  # the keyed batch sampler, or the epoch / distributed sampler
                     sampler.set_epoch(epoch)
 
     def lengths(self) -> dict[str, int]:
